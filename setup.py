@@ -28,7 +28,7 @@ setup(
         "tensorboardX>=2.6",  # TensorBoard event files (tensorflow-cpu ships no tensorboard)
     ],
     extras_require={
-        "test": ["pytest>=8", "torch==2.13.0", "transformers>=4.45"],
+        "test": ["pytest>=8", "torch==2.13.0", "transformers>=4.45", "pycocoevalcap==1.2"],
         "tpu": ["jax[tpu]"],
         "gpu": ["jax[cuda12]"],
         "dev": ["ruff"],

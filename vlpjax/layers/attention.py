@@ -14,9 +14,11 @@ from vlpjax.layers.initializers import dense_init, zeros_init
 class MultiHeadAttention(nn.Module):
     """Dot-product attention over `heads` heads of `head_dim` channels.
 
-    With `decode=True` and no `inputs_kv`, keys and values are written into a cache collection
-    (`cache/cached_key`, `cache/cached_value`, `cache/cache_index`) whose length is fixed by the first (init) call, so
-    decoding one token at a time reuses all earlier keys and values.
+    With `decode=True`, self-attention writes keys and values into a cache collection
+    (`cache/cached_key`, `cache/cached_value`, `cache/cache_index`) whose length is fixed by the
+    first call (the one that creates the cache), so decoding one token at a time reuses all
+    earlier keys and values; cross-attention (`cross=True`) keeps the context's projected keys
+    and values (`cache/cross_key`, `cache/cross_value`).
     """
 
     num_heads: int
@@ -26,6 +28,7 @@ class MultiHeadAttention(nn.Module):
     dropout_rate: float = 0.0
     deterministic: bool = True
     decode: bool = False
+    cross: bool = False  # cross-attention: with `decode`, keys/values of the context are cached
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -34,7 +37,7 @@ class MultiHeadAttention(nn.Module):
         mask: bool[B, 1|H, Q, K] or None. Returns float[B, Q, out_features or D]."""
         features = inputs_q.shape[-1]
         head_dim = self.head_dim or features // self.num_heads
-        is_self = inputs_kv is None
+        is_self = inputs_kv is None and not self.cross
         inputs_kv = inputs_q if is_self else inputs_kv
 
         def projection(name):
@@ -48,8 +51,13 @@ class MultiHeadAttention(nn.Module):
             )
 
         query = projection("query")(inputs_q)
-        key = projection("key")(inputs_kv)
-        value = projection("value")(inputs_kv)
+        if self.decode and not is_self:
+            key, value = self._cross_cache(
+                lambda: projection("key")(inputs_kv), lambda: projection("value")(inputs_kv)
+            )
+        else:
+            key = projection("key")(inputs_kv)
+            value = projection("value")(inputs_kv)
         query = nn.with_logical_constraint(
             query, ("act_batch", "act_length", "act_heads", "act_kv")
         )
@@ -75,6 +83,18 @@ class MultiHeadAttention(nn.Module):
             bias_init=nn.with_logical_partitioning(zeros_init, ("embed",)),
             name="out",
         )(context)
+
+    def _cross_cache(self, key_fn, value_fn):
+        """Cross-attention while decoding: the context's keys and values are projected once,
+        by the call that creates the cache, and read back at every later step (which may pass
+        no context at all)."""
+        if self.has_variable("cache", "cross_key"):
+            key = self.get_variable("cache", "cross_key")
+            return key, self.get_variable("cache", "cross_value")
+        key, value = key_fn(), value_fn()
+        self.put_variable("cache", "cross_key", key)
+        self.put_variable("cache", "cross_value", value)
+        return key, value
 
     def _update_cache(self, key, value, mask):
         """Writes this step's keys/values at `cache/index` and masks the unwritten positions."""

@@ -59,7 +59,9 @@ class TransformerBlock(nn.Module):
         self_attention = MultiHeadAttention(**attention, decode=self.decode, name="self_attention")
         x = sublayer("self_attention", lambda h: self_attention(h, mask=mask), x)
         if self.cross_attention:
-            cross = MultiHeadAttention(**attention, name="cross_attention")
+            cross = MultiHeadAttention(
+                **attention, decode=self.decode, cross=True, name="cross_attention"
+            )
             x = sublayer("cross_attention", lambda h: cross(h, context, mask=context_mask), x)
         ffn = dict(
             activation=self.activation,
