@@ -121,6 +121,8 @@ def cpu_schedule(config, smoke: bool, steps: int, batch: int, eval_every: int):
     config.optimizer = adamw(learning_rate=1e-3, warmup_steps=2 if smoke else 50)
     if smoke:
         config.data.shuffle_buffer = 256
-        config.evals.retrieval.max_examples = 64
-        config.evals.retrieval.picture_examples = 4
-        config.evals.zeroshot.max_examples = 64
+        for name in ("retrieval", "zeroshot"):
+            if name in config.evals:
+                config.evals[name].max_examples = 64
+        if "retrieval" in config.evals:
+            config.evals.retrieval.picture_examples = 4

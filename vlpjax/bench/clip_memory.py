@@ -35,7 +35,7 @@ def compiled_memory(config, devices):
             (setup.top["batch_size"], *value.shape[1:]), value.dtype, sharding=sharding
         )
         for (key, value), sharding in zip(
-            setup.dummy_inputs().items(), setup.batch_shardings().values()
+            setup.dummy_batch().items(), setup.batch_shardings().values()
         )
     }
     with setup.mesh:

@@ -50,7 +50,8 @@ class TrainIterator:
     """Endless iterator of local (this process's) numpy batches with a saveable position.
 
     Batches: `image` float32[b, S, S, 3], `text` int32[b, L] (one caption drawn per example),
-    where b = the global batch / process count.
+    where b = the global batch / process count. With a `text_task` (vlpjax.data.tasks), `source`
+    int32[b, source_length] (no eos) and `target` int32[b, L] (eos-terminated) instead of `text`.
     """
 
     def __init__(
@@ -67,16 +68,23 @@ class TrainIterator:
         mean=(0.5, 0.5, 0.5),
         std=(0.5, 0.5, 0.5),
         max_skip_ratio: float = 0.01,
+        text_task=None,
+        source_length: int = 0,
     ):
         self.records_per_epoch = records.length
         self.tokenizer = tokenizer
         self.text_length = text_length
+        self.source_length = source_length or text_length
+        self.text_task = text_task
         self.max_skip_ratio = max_skip_ratio
         self.delivered = 0  # examples handed out
         self.completed_epochs = 0
         self.last_position = -1  # position in the current epoch of the last delivered example
 
         def prepare(position, record):
+            image = preprocess_image(record["image"], image_size, crop, mean, std)
+            if text_task is not None:
+                return {"image": image, **text_task(position, record), "position": position}
             captions = record["captions"]
             pick = tf.random.stateless_uniform(
                 [],
@@ -85,7 +93,7 @@ class TrainIterator:
                 dtype=tf.int64,
             )
             return {
-                "image": preprocess_image(record["image"], image_size, crop, mean, std),
+                "image": image,
                 "caption": captions[pick],
                 "position": position,
             }
@@ -135,6 +143,17 @@ class TrainIterator:
                 f"data: {self.skipped} of {self.records_read} images could not be decoded "
                 f"({self.skipped / self.records_read:.1%} > data.max_skip_ratio={self.max_skip_ratio})"
             )
+        if self.text_task is not None:
+            decoded = {
+                k: [t.decode("utf-8") for t in batch[k].numpy()] for k in ("source", "target")
+            }
+            return {
+                "image": batch["image"].numpy(),
+                "source": self.tokenizer.encode(
+                    decoded["source"], self.source_length, add_eos=False
+                ),
+                "target": self.tokenizer.encode(decoded["target"], self.text_length),
+            }
         captions = [c.decode("utf-8") for c in batch["caption"].numpy()]
         return {
             "image": batch["image"].numpy(),
@@ -166,14 +185,17 @@ def eval_batches(
     std=(0.5, 0.5, 0.5),
 ):
     """One ordered pass: yields dicts with `image` float32[b, S, S, 3], `captions` (list of lists of
-    str), `id` (list of str) and `valid` bool[b]; the last batch is padded to `batch_size`.
+    str), `id` (list of str), `valid` bool[b], and the records' extra fields (lists, strings
+    decoded); the last batch is padded to `batch_size`.
     Corrupt images are skipped (evaluation reports how many examples it used)."""
 
     def prepare(record):
+        extras = {k: v for k, v in record.items() if k not in ("image", "captions", "id")}
         return {
             "image": preprocess_image(record["image"], image_size, crop, mean, std),
             "captions": record["captions"],
             "id": record["id"],
+            **extras,
         }
 
     ds = records.dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -185,9 +207,20 @@ def eval_batches(
             image = np.concatenate(
                 [image, np.zeros((batch_size - n, *image.shape[1:]), image.dtype)]
             )
+        extras = {k: batch[k] for k in batch if k not in ("image", "captions", "id")}
         yield {
             "image": image,
             "captions": [[c.decode("utf-8") for c in row if c] for row in batch["captions"]],
             "id": [i.decode("utf-8") for i in batch["id"]],
             "valid": np.arange(batch_size) < n,
+            **{k: [_decoded(row) for row in v] for k, v in extras.items()},
         }
+
+
+def _decoded(value):
+    """Byte strings (and arrays of them) from tf.data as str; other values unchanged."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray) and value.dtype == object:
+        return [v.decode("utf-8") for v in value.reshape(-1) if v]
+    return value

@@ -66,7 +66,8 @@ def tfds_records(
     process_count: int,
 ) -> Records:
     """A TFDS image-text dataset; `fields` maps `image`, `captions` (and optional `id`) to
-    feature paths, e.g. coco_captions: {"image": "image", "captions": "captions/text"}."""
+    feature paths, e.g. coco_captions: {"image": "image", "captions": "captions/text"}; any other
+    key (`questions`, `answers`, ...) is carried into the records under that key."""
     import tensorflow_datasets as tfds
 
     builder = tfds_builder(name, data_dir)
@@ -91,9 +92,23 @@ def tfds_records(
     )
     length = int(ds.cardinality().numpy())
 
+    # Extra fields (e.g. questions, answers, object boxes for seq2seq tasks) pass through.
+    extras = {k: v for k, v in fields.items() if k not in ("image", "captions", "id")}
+    for key, path in extras.items():
+        try:
+            _field(features, path)
+        except (KeyError, TypeError):
+            raise VlpError(f"data.fields.{key}: '{path}' is not a feature of {name}") from None
+
     def convert(example):
         captions = tf.reshape(_field(example, caption_key), [-1])
-        return {"image": _field(example, image_key), "captions": captions, "id": example["tfds_id"]}
+        record = {
+            "image": _field(example, image_key),
+            "captions": captions,
+            "id": example["tfds_id"],
+        }
+        record.update({key: _field(example, path) for key, path in extras.items()})
+        return record
 
     return Records(ds.map(convert), length)
 

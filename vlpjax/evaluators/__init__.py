@@ -7,8 +7,10 @@ Metric names: `eval/<evaluator>/<metric>`, each with its `chance_*` level beside
 from __future__ import annotations
 
 from vlpjax.data.sources import make_records, tfds_classnames, tfds_labels
+from vlpjax.evaluators.captioning import CaptionEvaluator
 from vlpjax.evaluators.common import EvalData
 from vlpjax.evaluators.retrieval import RetrievalEvaluator
+from vlpjax.evaluators.vqa import VqaEvaluator
 from vlpjax.evaluators.zeroshot import ZeroShotEvaluator
 from vlpjax.utils.config import REQUIRED, closest, take
 from vlpjax.utils.errors import ConfigError
@@ -60,7 +62,49 @@ def _zeroshot(cfg, data, workdir):
     return ZeroShotEvaluator(_eval_data(opts, data), tasks)
 
 
-EVALUATORS = {"retrieval": _retrieval, "zeroshot": _zeroshot}
+DECODE = {"strategy": "beam", "max_length": 32, "beam_size": 4, "length_penalty": 0.6}
+
+
+def _decode_options(opts: dict, where: str) -> dict:
+    return take(opts["decode"] or {}, DECODE, f"{where}.decode")
+
+
+def _caption(cfg, data, workdir):
+    where = "evals.caption"
+    opts = take(
+        cfg,
+        {
+            "split": None,
+            "max_examples": 0,
+            "picture_examples": 8,
+            "prompt": "",
+            "object_field": None,  # a field of tag strings naming each image's objects
+            "decode": None,
+        },
+        where,
+    )
+    if opts["object_field"] and opts["object_field"] not in data["fields"]:
+        raise ConfigError(f"{where}.object_field '{opts['object_field']}' is not in data.fields")
+    return CaptionEvaluator(
+        _eval_data(opts, data),
+        _decode_options(opts, where),
+        workdir,
+        opts["picture_examples"],
+        opts["prompt"],
+        opts["object_field"],
+    )
+
+
+def _vqa(cfg, data, workdir):
+    where = "evals.vqa"
+    opts = take(cfg, {"split": None, "max_examples": 0, "max_questions": 0, "decode": None}, where)
+    missing = [f for f in ("questions", "answers") if f not in data["fields"]]
+    if missing:
+        raise ConfigError(f"{where} needs data.fields {missing}")
+    return VqaEvaluator(_eval_data(opts, data), _decode_options(opts, where), opts["max_questions"])
+
+
+EVALUATORS = {"retrieval": _retrieval, "zeroshot": _zeroshot, "caption": _caption, "vqa": _vqa}
 
 
 def build_evaluators(cfg, data: dict, workdir: str | None) -> list:

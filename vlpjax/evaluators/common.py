@@ -21,12 +21,13 @@ class EvalData:
     std: tuple = (0.5, 0.5, 0.5)
     max_examples: int = 0  # 0 = the whole split
     _cache: tuple | None = field(default=None, repr=False)
+    _extras: dict = field(default_factory=dict, repr=False)
 
     def load(self) -> tuple[np.ndarray, list[list[str]]]:
         """float32[N, S, S, 3] normalised images and each image's captions."""
         if self._cache is None:
             records: Records = self.records_fn()
-            images, captions = [], []
+            images, captions, extras = [], [], {}
             for batch in eval_batches(
                 records,
                 batch_size=256,
@@ -38,11 +39,22 @@ class EvalData:
                 n = int(batch["valid"].sum())
                 images.append(batch["image"][:n])
                 captions.extend(batch["captions"])
+                for key in set(batch) - {"image", "captions", "id", "valid"}:
+                    extras.setdefault(key, []).extend(batch[key][:n])
             images = np.concatenate(images)
             if self.max_examples:
                 images, captions = images[: self.max_examples], captions[: self.max_examples]
+                extras = {k: v[: self.max_examples] for k, v in extras.items()}
             self._cache = (images, captions)
+            self._extras = extras
         return self._cache
+
+    def field(self, name: str) -> list:
+        """An extra record field (`data.fields`), one entry per loaded example."""
+        self.load()
+        if name not in self._extras:
+            raise KeyError(f"evaluation data has no field '{name}': add it to data.fields")
+        return self._extras[name]
 
     def raw_images(self, images: np.ndarray) -> np.ndarray:
         """Undoes the normalisation for pictures: uint8[N, S, S, 3]."""

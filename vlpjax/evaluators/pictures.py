@@ -1,4 +1,5 @@
-"""PNG pictures a person would rather look at than numbers: retrieval examples, training curves."""
+"""PNG pictures a person would rather look at than numbers: retrieval examples, generated
+captions, training curves."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def retrieval_picture(images, rows, path: str) -> None:
-    """images: uint8[N, H, W, 3]; rows: per image, [(caption, correct), ...] best first."""
+def image_text_picture(images, rows, title: str, path: str) -> None:
+    """images: uint8[N, H, W, 3]; rows: per image, [(text, colour), ...] printed beside it."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     n = len(images)
     fig, axes = plt.subplots(n, 2, figsize=(8, 1.6 * n), gridspec_kw={"width_ratios": [1, 4]})
@@ -20,19 +21,24 @@ def retrieval_picture(images, rows, path: str) -> None:
         axes[i, 0].imshow(images[i], interpolation="nearest")
         axes[i, 0].axis("off")
         axes[i, 1].axis("off")
-        for j, (caption, correct) in enumerate(rows[i]):
+        for j, (text, colour) in enumerate(rows[i]):
             axes[i, 1].text(
-                0,
-                0.8 - 0.3 * j,
-                f"{j + 1}. {caption}",
-                fontsize=8,
-                color="green" if correct else "red",
-                transform=axes[i, 1].transAxes,
+                0, 0.8 - 0.3 * j, text, fontsize=8, color=colour, transform=axes[i, 1].transAxes
             )
-    fig.suptitle("validation images and their top retrieved captions (green = correct)", fontsize=9)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def retrieval_picture(images, rows, path: str) -> None:
+    """images: uint8[N, H, W, 3]; rows: per image, [(caption, correct), ...] best first."""
+    rows = [
+        [(f"{j + 1}. {caption}", "green" if ok else "red") for j, (caption, ok) in enumerate(r)]
+        for r in rows
+    ]
+    title = "validation images and their top retrieved captions (green = correct)"
+    image_text_picture(images, rows, title, path)
 
 
 def training_curves(records: list[dict], path: str) -> None:
@@ -56,7 +62,8 @@ def training_curves(records: list[dict], path: str) -> None:
     for key in evals:
         points = [(r["step"], r[key]) for r in records if key in r]
         axes[1].plot(*zip(*points), marker="o", label=key)
-    axes[1].set(title="evaluation", xlabel="step", ylim=(0, 1))
+    axes[1].set(title="evaluation", xlabel="step")
+    axes[1].set_ylim(bottom=0)
     if evals:
         axes[1].legend(fontsize=7)
     fig.tight_layout()

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from vlpjax.encoders import TextTransformer, ViT
 from vlpjax.encoders.efficientnet import EfficientNet
 from vlpjax.models.dual_encoder import DualEncoder
+from vlpjax.models.encoder_decoder import EncoderDecoder
 from vlpjax.utils.config import REQUIRED, take
 from vlpjax.utils.errors import ConfigError
 
@@ -58,6 +59,15 @@ def build_dual_encoder(cfg, dtype, image_tower, text_tower):
     )
 
 
+def build_flat(cls, cfg, dtype):
+    """A model whose fields sit directly in `config.model` (next to `name` and `dtype`)."""
+    fields = {k: v for k, v in module_fields(cls).items() if k not in ("decode", "embed")}
+    kwargs = take(cfg, {"name": REQUIRED, "dtype": "float32", **fields}, "model")
+    return cls(**{k: kwargs[k] for k in fields}, dtype=dtype)
+
+
+SEQ2SEQ_INPUTS = ("image", "source", "target", "image_valid")
+
 # name -> (builder, the batch keys its __call__ takes)
 MODELS = {
     "clip": (
@@ -68,6 +78,12 @@ MODELS = {
         lambda cfg, dtype: build_dual_encoder(cfg, dtype, EfficientNet, TextTransformer),
         ("image", "text"),
     ),
+    "simvlm": (lambda cfg, dtype: build_flat(EncoderDecoder, cfg, dtype), SEQ2SEQ_INPUTS),
+    "ofa": (
+        lambda cfg, dtype: build_flat(EncoderDecoder, cfg, dtype),
+        ("image", "source", "target"),
+    ),
+    "bart": (lambda cfg, dtype: build_flat(EncoderDecoder, cfg, dtype), ("source", "target")),
 }
 
 

@@ -15,6 +15,7 @@ from vlpjax.objectives.contrastive import (
     make_contrastive,
     make_sigmoid,
 )
+from vlpjax.objectives.generative import make_lm
 from vlpjax.utils.config import closest, take
 from vlpjax.utils.errors import ConfigError
 
@@ -68,7 +69,16 @@ def _sigmoid(cfg, mesh):
     return Objective("sigmoid", float(opts["weight"]), fn)
 
 
-OBJECTIVES = {"contrastive": _contrastive, "sigmoid": _sigmoid}
+def _lm(cfg, mesh):
+    where = "objectives.lm"
+    opts = take(cfg, {"weight": 1.0, "label_smoothing": 0.0}, where)
+    smoothing = float(opts["label_smoothing"])
+    if not 0.0 <= smoothing < 1.0:
+        raise ConfigError(f"{where}.label_smoothing must be in [0, 1), got {smoothing}")
+    return Objective("lm", float(opts["weight"]), make_lm(smoothing))
+
+
+OBJECTIVES = {"contrastive": _contrastive, "sigmoid": _sigmoid, "lm": _lm}
 
 
 def build_objectives(cfg, mesh) -> list[Objective]:

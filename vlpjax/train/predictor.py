@@ -1,13 +1,16 @@
-"""Embedding functions over a model's variables (params + any model state), for evaluators:
-fixed-size sharded batches
-(the last one padded), results replicated back to every process as numpy."""
+"""Predict functions over a model's variables (params + any model state) for evaluators:
+embeddings (dual encoders) and generated texts (encoder-decoders, language models), run on
+fixed-size sharded batches (the last one padded), results replicated back to every process as
+numpy."""
 
 from __future__ import annotations
 
 import jax
 import numpy as np
 
+from vlpjax.decode import DecodeConfig
 from vlpjax.sharding import batch_sharding, replicated
+from vlpjax.train.generation import generate
 
 
 class Predictor:
@@ -16,6 +19,8 @@ class Predictor:
         self.tokenizer = tokenizer
         self.text_length = text_length
         self.batch_size = batch_size
+        self.model = model
+        self._generators = {}  # (decode config, inputs) -> jitted generation
         out = replicated(mesh)
         self._embed_image = jax.jit(
             lambda v, x: model.apply(v, image=x)[1]["img/embed"], out_shardings=out
@@ -24,19 +29,67 @@ class Predictor:
             lambda v, t: model.apply(v, text=t)[1]["txt/embed"], out_shardings=out
         )
 
-    def _batched(self, fn, variables, array: np.ndarray) -> np.ndarray:
+    def _batched(self, fn, variables, *arrays: np.ndarray):
+        """fn(variables, *chunks) over fixed-size chunks of the arrays' rows (the last padded);
+        fn returns an array or a tuple of arrays, concatenated over the chunks."""
         outputs = []
-        for start in range(0, len(array), self.batch_size):
-            chunk = array[start : start + self.batch_size]
-            n = len(chunk)
-            if n < self.batch_size:
-                pad = np.zeros((self.batch_size - n, *chunk.shape[1:]), chunk.dtype)
-                chunk = np.concatenate([chunk, pad])
-            # Every process holds the whole chunk; each device takes its rows.
-            sharding = batch_sharding(self.mesh, chunk.ndim)
-            x = jax.make_array_from_callback(chunk.shape, sharding, lambda idx, c=chunk: c[idx])
-            outputs.append(np.asarray(fn(variables, x))[:n])
-        return np.concatenate(outputs)
+        for start in range(0, len(arrays[0]), self.batch_size):
+            chunks = [a[start : start + self.batch_size] for a in arrays]
+            n = len(chunks[0])
+            placed = []
+            for chunk in chunks:
+                if n < self.batch_size:
+                    pad = np.zeros((self.batch_size - n, *chunk.shape[1:]), chunk.dtype)
+                    chunk = np.concatenate([chunk, pad])
+                # Every process holds the whole chunk; each device takes its rows.
+                sharding = batch_sharding(self.mesh, chunk.ndim)
+                placed.append(
+                    jax.make_array_from_callback(chunk.shape, sharding, lambda i, c=chunk: c[i])
+                )
+            result = fn(variables, *placed)
+            outputs.append(jax.tree.map(lambda x, n=n: np.asarray(x)[:n], result))
+        return jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
+
+    def generate(
+        self,
+        variables,
+        images: np.ndarray | None,
+        sources: list[str] | None,
+        config: DecodeConfig | dict,
+        source_length: int | None = None,
+    ) -> list[str]:
+        """Texts generated for `images` (float32[N, S, S, 3]) and/or `sources` (N encoder
+        prefixes: prompts, questions, instructions; None = empty) with `config` (a
+        DecodeConfig or its fields as a dict)."""
+        if isinstance(config, dict):
+            config = DecodeConfig(**config)
+        key = (config, images is not None, sources is not None)
+        if key not in self._generators:
+            use_image, use_source = images is not None, sources is not None
+
+            def run(v, *arrays):
+                inputs = {}
+                if use_image:
+                    inputs["image"] = arrays[0]
+                if use_source:
+                    inputs["source"] = arrays[-1]
+                return generate(
+                    self.model,
+                    v,
+                    inputs,
+                    config,
+                    start_id=self.tokenizer.bos_id,
+                    eos_id=self.tokenizer.eos_id,
+                    pad_id=self.tokenizer.pad_id,
+                )[0]
+
+            self._generators[key] = jax.jit(run, out_shardings=replicated(self.mesh))
+        arrays = [] if images is None else [images]
+        if sources is not None:
+            length = source_length or self.text_length
+            arrays.append(self.tokenizer.encode(sources, length, add_eos=False))
+        tokens = self._batched(self._generators[key], variables, *arrays)
+        return self.tokenizer.decode(tokens)
 
     def embed_images(self, variables, images: np.ndarray) -> np.ndarray:
         """float32[N, S, S, 3] -> float32[N, E] normalised."""

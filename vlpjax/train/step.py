@@ -145,9 +145,13 @@ def train_step(
     accum_steps: int = 1,
     cache_steps: int = 1,
     ema_decay: float = 0.0,
+    transform=None,
 ):
-    """One optimizer update. Returns (new state, metrics)."""
+    """One optimizer update. Returns (new state, metrics). `transform(rng, batch)` (a
+    vlpjax.data.device_transforms function) prepares the model's inputs first."""
     rng = state.step_rng()
+    if transform is not None:
+        batch = transform(jax.random.fold_in(rng, 0x7A5C), batch)
     grad_fn = jax.value_and_grad(
         lambda p, b, r, s: compute_loss(
             p, b, r, model=model, objectives=objectives, inputs=inputs, model_state=s

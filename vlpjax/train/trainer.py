@@ -15,8 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from vlpjax.data.device_transforms import build_device_transform
 from vlpjax.data.pipeline import TrainIterator
 from vlpjax.data.sources import make_records
+from vlpjax.data.tasks import check_tasks, text_task
 from vlpjax.data.tokenizer import DEFAULT_TOKENIZER, Tokenizer
 from vlpjax.evaluators import build_evaluators
 from vlpjax.models import build_model, model_inputs
@@ -81,6 +83,12 @@ DATA = {
     "mean": (0.5, 0.5, 0.5),
     "std": (0.5, 0.5, 0.5),
     "max_skip_ratio": 0.01,
+    # Seq2seq task mixture {task: weight} (vlpjax.data.tasks): batches of source/target text.
+    "tasks": None,
+    "instructions": False,  # OFA-style instructions as the caption task's source
+    "source_length": 0,  # source tokens (0 = text_length)
+    # A jitted batch transform before the model: {"name": "prefix_lm" | "denoise", ...}.
+    "device_transform": None,
 }
 
 MESH = {"data": -1, "fsdp": 1, "tensor": 1, "rules": ()}
@@ -141,6 +149,14 @@ class Setup:
                 f"eval_batch_size {self.top['eval_batch_size']} is not divisible by data x fsdp = {batch_shards}"
             )
         self.tokenizer = load_tokenizer(self.data["tokenizer"])
+        self.text_task = None
+        if self.data["tasks"]:
+            tasks = dict(self.data["tasks"])
+            check_tasks(tasks, self.data["fields"])
+            self.text_task = text_task(tasks, bool(self.data["instructions"]), self.top["seed"])
+        self.device_transform = build_device_transform(
+            self.data["device_transform"], self.tokenizer
+        )
         self.model = build_model(config.model)
         self.inputs = model_inputs(config.model)
         text_vocab = getattr(getattr(self.model, "text_encoder", None), "vocab_size", None)
@@ -196,12 +212,29 @@ class Setup:
         self.pretrained_model_state = model_state
         return {k: params[k] for k in keys}
 
-    def dummy_inputs(self, batch: int = 1) -> dict:
+    def dummy_batch(self, batch: int = 1) -> dict:
+        """Zeros shaped like the pipeline's batches (before any device transform)."""
         size, length = self.data["image_size"], self.data["text_length"]
-        shapes = {
-            "image": jnp.zeros((batch, size, size, 3), jnp.float32),
-            "text": jnp.zeros((batch, length), jnp.int32),
-        }
+        shapes = {"image": jnp.zeros((batch, size, size, 3), jnp.float32)}
+        if self.text_task is not None:
+            source_length = self.data["source_length"] or length
+            shapes["source"] = jnp.zeros((batch, source_length), jnp.int32)
+            shapes["target"] = jnp.zeros((batch, length), jnp.int32)
+        else:
+            shapes["text"] = jnp.zeros((batch, length), jnp.int32)
+        return shapes
+
+    def dummy_inputs(self, batch: int = 1) -> dict:
+        """Zeros shaped like the model's inputs."""
+        shapes = self.dummy_batch(batch)
+        if self.device_transform is not None:
+            shapes = self.device_transform(jax.random.key(0), shapes)
+        missing = [k for k in self.inputs if k not in shapes]
+        if missing:
+            raise VlpError(
+                f"model '{self.config.model.name}' takes {list(self.inputs)}, but the data gives "
+                f"{sorted(shapes)}: set data.tasks (source/target) or data.device_transform"
+            )
         return {k: shapes[k] for k in self.inputs}
 
     def _build_state_functions(self):
@@ -289,7 +322,7 @@ class Setup:
         return state
 
     def batch_shardings(self) -> dict:
-        shapes = {k: v.ndim for k, v in self.dummy_inputs().items()}
+        shapes = {k: v.ndim for k, v in self.dummy_batch().items()}
         return {k: batch_sharding(self.mesh, ndim) for k, ndim in shapes.items()}
 
     def jit_train_step(self):
@@ -302,6 +335,7 @@ class Setup:
             accum_steps=self.top["grad_accum_steps"],
             cache_steps=self.top["grad_cache_steps"],
             ema_decay=self.top["ema_decay"],
+            transform=self.device_transform,
         )
         return jax.jit(
             step,
@@ -324,6 +358,8 @@ class Setup:
             mean=tuple(d["mean"]),
             std=tuple(d["std"]),
             max_skip_ratio=d["max_skip_ratio"],
+            text_task=self.text_task,
+            source_length=d["source_length"],
         )
 
     def predictor(self) -> Predictor:
