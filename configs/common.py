@@ -122,7 +122,7 @@ def cpu_schedule(config, smoke: bool, steps: int, batch: int, eval_every: int):
     if smoke:
         config.data.shuffle_buffer = 256
         for name in ("retrieval", "zeroshot"):
-            if name in config.evals:
+            if name in (config.evals or {}):
                 config.evals[name].max_examples = 64
-        if "retrieval" in config.evals:
+        if "retrieval" in (config.evals or {}):
             config.evals.retrieval.picture_examples = 4

@@ -13,6 +13,7 @@ import sys
 BENCHMARKS = {
     "contrastive": "vlpjax.bench.contrastive",
     "clip_memory": "vlpjax.bench.clip_memory",
+    "decode": "vlpjax.bench.decode",
 }
 
 

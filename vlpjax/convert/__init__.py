@@ -6,17 +6,32 @@ writes the other format. `CONFIG_READERS[name](path)` derives only the model con
 """
 
 from vlpjax.convert.hf_align import export_hf_align, hf_align_model_config, load_hf_align
+from vlpjax.convert.hf_bart import (
+    bart_model_config,
+    export_hf_bart,
+    hf_bart_model_config,
+    load_hf_bart,
+)
 from vlpjax.convert.hf_clip import export_hf_clip, hf_clip_model_config, load_hf_clip
 
 CONVERTERS = {
     "hf_clip": (load_hf_clip, export_hf_clip),
     "hf_align": (load_hf_align, export_hf_align),
+    "hf_bart": (load_hf_bart, export_hf_bart),
 }
-CONFIG_READERS = {"hf_clip": hf_clip_model_config, "hf_align": hf_align_model_config}
+CONFIG_READERS = {
+    "hf_clip": hf_clip_model_config,
+    "hf_align": hf_align_model_config,
+    "hf_bart": hf_bart_model_config,
+}
 
 __all__ = [
     "CONFIG_READERS",
     "CONVERTERS",
+    "bart_model_config",
+    "export_hf_bart",
+    "hf_bart_model_config",
+    "load_hf_bart",
     "export_hf_align",
     "export_hf_clip",
     "hf_align_model_config",
