@@ -13,16 +13,24 @@ from vlpjax.convert.hf_bart import (
     load_hf_bart,
 )
 from vlpjax.convert.hf_clip import export_hf_clip, hf_clip_model_config, load_hf_clip
+from vlpjax.convert.hf_gpt2 import (
+    export_hf_gpt2,
+    gpt2_model_config,
+    hf_gpt2_model_config,
+    load_hf_gpt2,
+)
 
 CONVERTERS = {
     "hf_clip": (load_hf_clip, export_hf_clip),
     "hf_align": (load_hf_align, export_hf_align),
     "hf_bart": (load_hf_bart, export_hf_bart),
+    "hf_gpt2": (load_hf_gpt2, export_hf_gpt2),
 }
 CONFIG_READERS = {
     "hf_clip": hf_clip_model_config,
     "hf_align": hf_align_model_config,
     "hf_bart": hf_bart_model_config,
+    "hf_gpt2": hf_gpt2_model_config,
 }
 
 __all__ = [
@@ -32,6 +40,10 @@ __all__ = [
     "export_hf_bart",
     "hf_bart_model_config",
     "load_hf_bart",
+    "export_hf_gpt2",
+    "gpt2_model_config",
+    "hf_gpt2_model_config",
+    "load_hf_gpt2",
     "export_hf_align",
     "export_hf_clip",
     "hf_align_model_config",

@@ -230,8 +230,8 @@ def _take(model_config) -> dict:
     from vlpjax.models.generative import DecoderOnlyLM
     from vlpjax.utils.config import REQUIRED, take
 
-    fields = {"name": REQUIRED, "dtype": "float32", **module_fields(DecoderOnlyLM)}
-    return take(model_config, fields, "model")
+    fields = {k: v for k, v in module_fields(DecoderOnlyLM).items() if k != "decode"}
+    return take(model_config, {"name": REQUIRED, "dtype": "float32", **fields}, "model")
 
 
 def _hf_config(model_config) -> dict:
@@ -287,7 +287,7 @@ def _expected_shapes(model_config) -> dict[str, tuple]:
     from vlpjax.models.generative import DecoderOnlyLM
 
     fields = {k: v for k, v in _take(model_config).items() if k not in ("name", "dtype")}
-    model = DecoderOnlyLM(**{**fields, "scan": False, "decode": False})
+    model = DecoderOnlyLM(**{**fields, "scan": False})
     shapes = jax.eval_shape(
         lambda rng: model.init(rng, jnp.zeros((1, 2), jnp.int32)), jax.random.key(0)
     )

@@ -70,12 +70,14 @@ class TrainIterator:
         max_skip_ratio: float = 0.01,
         text_task=None,
         source_length: int = 0,
+        add_bos: bool = False,
     ):
         self.records_per_epoch = records.length
         self.tokenizer = tokenizer
         self.text_length = text_length
         self.source_length = source_length or text_length
         self.text_task = text_task
+        self.add_bos = add_bos
         self.max_skip_ratio = max_skip_ratio
         self.delivered = 0  # examples handed out
         self.completed_epochs = 0
@@ -157,7 +159,7 @@ class TrainIterator:
         captions = [c.decode("utf-8") for c in batch["caption"].numpy()]
         return {
             "image": batch["image"].numpy(),
-            "text": self.tokenizer.encode(captions, self.text_length),
+            "text": self.tokenizer.encode(captions, self.text_length, add_bos=self.add_bos),
         }
 
     def save(self, directory: str) -> None:

@@ -61,9 +61,8 @@ class CaptionEvaluator:
 
     def run(self, predictor, variables, step: int) -> dict[str, float]:
         images, references = self.data.load()
-        generated = predictor.generate(
-            variables, images, [self.prompt] * len(images), self.decode_config
-        )
+        sources = [self.prompt] * len(images) if self.prompt else None  # None: image only
+        generated = predictor.generate(variables, images, sources, self.decode_config)
         metrics = caption_scores(generated, references)
         # Chance: every image gets the first reference of another image.
         other = np.random.default_rng(0).permutation(len(images))

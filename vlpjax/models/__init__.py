@@ -14,6 +14,7 @@ from vlpjax.encoders import TextTransformer, ViT
 from vlpjax.encoders.efficientnet import EfficientNet
 from vlpjax.models.dual_encoder import DualEncoder
 from vlpjax.models.encoder_decoder import EncoderDecoder
+from vlpjax.models.generative import ClipCap, DecoderOnlyLM
 from vlpjax.utils.config import REQUIRED, take
 from vlpjax.utils.errors import ConfigError
 
@@ -66,6 +67,17 @@ def build_flat(cls, cfg, dtype):
     return cls(**{k: kwargs[k] for k in fields}, dtype=dtype)
 
 
+def build_clipcap(cfg, dtype):
+    """A ClipCap whose CLIP image tower is built from `model.image` (its other fields top-level)."""
+    own = {k: v for k, v in module_fields(ClipCap).items() if k not in ("image_encoder", "decode")}
+    kwargs = take(cfg, {"name": REQUIRED, "dtype": "float32", "image": REQUIRED, **own}, "model")
+    return ClipCap(
+        image_encoder=build_tower(ViT, cfg.image, "model.image", dtype),
+        **{k: kwargs[k] for k in own},
+        dtype=dtype,
+    )
+
+
 SEQ2SEQ_INPUTS = ("image", "source", "target", "image_valid")
 
 # name -> (builder, the batch keys its __call__ takes)
@@ -84,6 +96,8 @@ MODELS = {
         ("image", "source", "target"),
     ),
     "bart": (lambda cfg, dtype: build_flat(EncoderDecoder, cfg, dtype), ("source", "target")),
+    "gpt": (lambda cfg, dtype: build_flat(DecoderOnlyLM, cfg, dtype), ("text",)),
+    "clipcap": (build_clipcap, ("image", "text")),
 }
 
 
