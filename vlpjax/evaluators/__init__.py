@@ -9,6 +9,7 @@ from __future__ import annotations
 from vlpjax.data.sources import make_records, tfds_classnames, tfds_labels
 from vlpjax.evaluators.captioning import CaptionEvaluator
 from vlpjax.evaluators.common import EvalData
+from vlpjax.evaluators.grounding import GroundingEvaluator
 from vlpjax.evaluators.retrieval import RetrievalEvaluator
 from vlpjax.evaluators.vqa import VqaEvaluator
 from vlpjax.evaluators.zeroshot import ZeroShotEvaluator
@@ -104,7 +105,35 @@ def _vqa(cfg, data, workdir):
     return VqaEvaluator(_eval_data(opts, data), _decode_options(opts, where), opts["max_questions"])
 
 
-EVALUATORS = {"retrieval": _retrieval, "zeroshot": _zeroshot, "caption": _caption, "vqa": _vqa}
+def _grounding(cfg, data, workdir):
+    where = "evals.grounding"
+    opts = take(cfg, {"split": None, "max_examples": 0, "max_objects": 0, "decode": None}, where)
+    missing = [f for f in ("boxes", "tags") if f not in data["fields"]]
+    if missing:
+        raise ConfigError(f"{where} needs data.fields {missing} (object boxes and their tags)")
+    if int(data.get("location_bins", 0)) < 2:
+        raise ConfigError(f"{where} reads boxes as location tokens: set data.location_bins >= 2")
+    decode = take(
+        opts["decode"] or {},
+        {**DECODE, "strategy": "greedy", "max_length": 5, "beam_size": 1},
+        f"{where}.decode",
+    )
+    return GroundingEvaluator(
+        _eval_data(opts, data),
+        decode,
+        int(data.get("location_bins", 0)),
+        opts["max_objects"],
+        source_length=data["source_length"] or data["text_length"],
+    )
+
+
+EVALUATORS = {
+    "retrieval": _retrieval,
+    "zeroshot": _zeroshot,
+    "caption": _caption,
+    "vqa": _vqa,
+    "grounding": _grounding,
+}
 
 
 def build_evaluators(cfg, data: dict, workdir: str | None) -> list:

@@ -84,9 +84,12 @@ DATA = {
     "std": (0.5, 0.5, 0.5),
     "max_skip_ratio": 0.01,
     # Seq2seq task mixture {task: weight} (vlpjax.data.tasks): batches of source/target text.
+    "add_bos": False,  # text rows start with bos (decoder-only language models)
     "tasks": None,
     "instructions": False,  # OFA-style instructions as the caption task's source
     "source_length": 0,  # source tokens (0 = text_length)
+    # OFA location tokens after the tokenizer's pieces, written <loc_i> (0 = none).
+    "location_bins": 0,
     # A jitted batch transform before the model: {"name": "prefix_lm" | "denoise", ...}.
     "device_transform": None,
 }
@@ -111,13 +114,15 @@ def resolve(config) -> tuple[dict, dict, dict]:
     return top, data, mesh
 
 
-def load_tokenizer(path: str) -> Tokenizer:
+def load_tokenizer(path: str, location_bins: int = 0) -> Tokenizer:
     if not path:
         raise VlpError("data.tokenizer is not set: give a sentencepiece .model path")
     path = DEFAULT_TOKENIZER if path == "vlp_shapes" else path
     if not os.path.isfile(path):
         raise VlpError(f"data.tokenizer: file not found: {path}")
-    return Tokenizer(path)
+    if int(location_bins) < 0 or int(location_bins) == 1:
+        raise VlpError(f"data.location_bins must be 0 (none) or >= 2, got {location_bins}")
+    return Tokenizer(path, location_bins=int(location_bins))
 
 
 class Setup:
@@ -148,12 +153,17 @@ class Setup:
             raise VlpError(
                 f"eval_batch_size {self.top['eval_batch_size']} is not divisible by data x fsdp = {batch_shards}"
             )
-        self.tokenizer = load_tokenizer(self.data["tokenizer"])
+        self.tokenizer = load_tokenizer(self.data["tokenizer"], self.data["location_bins"])
         self.text_task = None
         if self.data["tasks"]:
             tasks = dict(self.data["tasks"])
             check_tasks(tasks, self.data["fields"])
-            self.text_task = text_task(tasks, bool(self.data["instructions"]), self.top["seed"])
+            self.text_task = text_task(
+                tasks,
+                bool(self.data["instructions"]),
+                self.top["seed"],
+                int(self.data["location_bins"]),
+            )
         self.device_transform = build_device_transform(
             self.data["device_transform"], self.tokenizer
         )
@@ -181,15 +191,31 @@ class Setup:
         """Parameters (numpy) to start from, or None.
 
         init_from = {"format": "hf_clip" | ... (vlpjax.convert) | "vlpjax", "path": DIR,
-        "keys": top-level parameter groups to take (empty = all)}. "vlpjax" reads the latest
+        "keys": top-level parameter groups to take (empty = all)}, or several such sources by
+        name, e.g. ClipCap's {"clip": {...}, "gpt2": {...}}. "vlpjax" reads the latest
         checkpoint of another run's workdir (e.g. LiT's image tower from a CLIP run); groups not
         taken keep their fresh initialisation.
         """
+        self.pretrained_model_state = {}
         if not init_from:
             return None
+        single = "format" in init_from
+        sources = {"": init_from} if single else dict(init_from)
+        taken: dict = {}
+        for name, source in sources.items():
+            where = "init_from" + (f".{name}" if name else "")
+            params, model_state = self._load_source(source, where)
+            overlap = sorted(set(params) & set(taken))
+            if overlap:
+                raise VlpError(f"{where}: parameter group(s) {overlap} come from two sources")
+            taken.update(params)
+            self.pretrained_model_state.update(model_state)
+        return taken
+
+    def _load_source(self, source, where: str) -> tuple[dict, dict]:
         from vlpjax.convert import CONVERTERS
 
-        opts = take(init_from, {"format": REQUIRED, "path": REQUIRED, "keys": ()}, "init_from")
+        opts = take(source, {"format": REQUIRED, "path": REQUIRED, "keys": ()}, where)
         fmt, path = opts["format"], opts["path"]
         model_state = {}
         if fmt == "vlpjax":
@@ -197,20 +223,20 @@ class Setup:
         elif fmt in CONVERTERS:
             towers = [self.config.model.get(t, {}) for t in ("image", "text")]
             scan = any(bool(t.get("scan", False)) for t in towers)
+            scan = scan or bool(self.config.model.get("scan", False))  # flat model sections
             params = CONVERTERS[fmt][0](path, scan=scan)[1]
             if "params" in params:  # converters of models with state (BatchNorm) give variables
                 model_state = {k: v for k, v in params.items() if k != "params"}
                 params = params["params"]
         else:
-            raise VlpError(f"init_from.format '{fmt}' not in {sorted(CONVERTERS) + ['vlpjax']}")
+            raise VlpError(f"{where}.format '{fmt}' not in {sorted(CONVERTERS) + ['vlpjax']}")
         keys = tuple(opts["keys"]) or tuple(params)
         missing = [k for k in keys if k not in params]
         if missing:
             raise VlpError(
-                f"init_from {path}: no parameter group(s) {missing}; it has {sorted(params)}"
+                f"{where} {path}: no parameter group(s) {missing}; it has {sorted(params)}"
             )
-        self.pretrained_model_state = model_state
-        return {k: params[k] for k in keys}
+        return {k: params[k] for k in keys}, model_state
 
     def dummy_batch(self, batch: int = 1) -> dict:
         """Zeros shaped like the pipeline's batches (before any device transform)."""
@@ -268,7 +294,7 @@ class Setup:
             got = jax.tree.map(lambda x: tuple(np.shape(x)), self.pretrained)
             if want != got:
                 raise VlpError(
-                    f"init_from {self.top['init_from']['path']}: its shapes do not match config.model "
+                    f"init_from {sorted(want)}: the loaded shapes do not match config.model "
                     "(python -m vlpjax.convert inspect prints the matching model config)"
                 )
 
@@ -358,6 +384,7 @@ class Setup:
             mean=tuple(d["mean"]),
             std=tuple(d["std"]),
             max_skip_ratio=d["max_skip_ratio"],
+            add_bos=bool(d["add_bos"]),
             text_task=self.text_task,
             source_length=d["source_length"],
         )
