@@ -122,7 +122,7 @@ def get_config(arg=None):
             ),
             vqa=dict(split=None, max_examples=0, max_questions=0, decode=decode(4, beam_size=1)),
         )
-        common.cpu_schedule(config, smoke, steps=1500, batch=64, eval_every=500)
+        common.cpu_schedule(config, smoke, steps=1200, batch=64, eval_every=600)
         config.optimizer = common.adamw(
             learning_rate=1e-3, warmup_steps=2 if smoke else 100, weight_decay=0.01
         )

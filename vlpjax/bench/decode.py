@@ -39,6 +39,8 @@ def run(config_path: str, batch: int, lengths: list[int], repeats: int) -> dict:
     from vlpjax.utils.config import load_config
 
     config = load_config(config_path)
+    with config.unlocked():  # room for the longest decode (the weights are random anyway)
+        config.model.max_target_length = max(config.model.max_target_length, max(lengths))
     model = build_model(config.model)
     size = config.model.get("image_size", 0)
     rng = np.random.default_rng(0)

@@ -25,7 +25,10 @@ class ConvStem(nn.Module):
     dtype: Any = jnp.float32
 
     def _norm(self, channels, name):
-        return nn.GroupNorm(min(self.groups, channels), dtype=self.dtype, name=name)
+        # At least 4 channels per group: one channel per group would be instance norm, which
+        # normalises away each channel's mean over the image, and with it colour.
+        groups = max(1, min(self.groups, channels // 4))
+        return nn.GroupNorm(groups, dtype=self.dtype, name=name)
 
     def _conv(self, channels, kernel, stride, name):
         return nn.Conv(

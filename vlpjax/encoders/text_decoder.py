@@ -123,3 +123,25 @@ class TextDecoder(nn.Module):
         context = context_length if self.cross_attention else 0
         blocks = transformer_flops(length, self.width, self.mlp_dim, self.depth, context)
         return blocks + 2 * length * self.width * self.vocab_size
+
+
+# The fields a model and its TextDecoder share by name (the model's own shape and switches).
+SHARED_FIELDS = (
+    "vocab_size",
+    "width",
+    "num_heads",
+    "mlp_dim",
+    "activation",
+    "norm_first",
+    "norm_eps",
+    "dropout_rate",
+    "scan",
+    "remat",
+    "decode",
+    "dtype",
+)
+
+
+def decoder_for(model: nn.Module, **fields) -> TextDecoder:
+    """The TextDecoder a model's own fields describe (SHARED_FIELDS), plus `fields`."""
+    return TextDecoder(**{k: getattr(model, k) for k in SHARED_FIELDS}, **fields)

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from vlpjax.encoders.conv_stem import ConvStem
-from vlpjax.encoders.text_decoder import TextDecoder
+from vlpjax.encoders.text_decoder import decoder_for
 from vlpjax.layers import PatchEmbed, PositionEmbed, TokenEmbed, attention_mask
 from vlpjax.layers.flops import transformer_flops
 from vlpjax.layers.initializers import layer_norm
@@ -143,29 +143,18 @@ class EncoderDecoder(nn.Module):
         self.encoder = MultimodalEncoder(
             {**fields, "num_patches": self.num_patches}, self.token_embed
         )
-        self.decoder = TextDecoder(
-            vocab_size=self.vocab_size,
+        self.decoder = decoder_for(
+            self,
             max_length=self.max_target_length,
-            width=self.width,
             depth=self.decoder_depth,
-            num_heads=self.num_heads,
-            mlp_dim=self.mlp_dim,
             cross_attention=True,
-            activation=self.activation,
-            norm_first=self.norm_first,
-            norm_eps=self.norm_eps,
             embed_norm=self.embed_norm,
             embed_scale=self.embed_scale,
             position_offset=self.position_offset,
             final_norm=self.norm_first,
             logits_bias=self.logits_bias,
             pad_id=self.pad_id,
-            dropout_rate=self.dropout_rate,
-            scan=self.scan,
-            remat=self.remat,
-            decode=self.decode,
             embed=self.token_embed,
-            dtype=self.dtype,
         )
 
     @property

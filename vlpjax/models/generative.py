@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from vlpjax.encoders.text_decoder import TextDecoder
+from vlpjax.encoders.text_decoder import TextDecoder, decoder_for
 from vlpjax.layers.flops import transformer_flops
 from vlpjax.layers.initializers import dense_init, zeros_init
 from vlpjax.layers.transformer import TransformerStack
@@ -66,24 +66,13 @@ def lm_flops(tokens: int, width: int, mlp_dim: int, depth: int, vocab_size: int)
 
 def gpt_decoder(m: nn.Module, max_length: int) -> TextDecoder:
     """The GPT decoder a module's fields (vocab_size, width, depth, ...) describe."""
-    return TextDecoder(
-        vocab_size=m.vocab_size,
+    return decoder_for(
+        m,
         max_length=max_length,
-        width=m.width,
         depth=m.depth,
-        num_heads=m.num_heads,
-        mlp_dim=m.mlp_dim,
         cross_attention=False,
-        activation=m.activation,
-        norm_first=m.norm_first,
-        norm_eps=m.norm_eps,
         final_norm=m.final_norm,
         pad_id=NO_PAD,
-        dropout_rate=m.dropout_rate,
-        scan=m.scan,
-        remat=m.remat,
-        decode=m.decode,
-        dtype=m.dtype,
     )
 
 
