@@ -11,7 +11,7 @@ from vlpjax.layers import PositionEmbed, TokenEmbed, attention_mask, pool_tokens
 from vlpjax.layers.flops import transformer_flops
 from vlpjax.layers.initializers import layer_norm
 from vlpjax.layers.masks import causal_flags
-from vlpjax.layers.transformer import encoder_stack
+from vlpjax.layers.transformer import stack_for
 
 
 class TextTransformer(nn.Module):
@@ -69,7 +69,7 @@ class TextTransformer(nn.Module):
         causal = causal_flags(valid) if self.causal else None
         # Padding is masked as keys only, so a padded query row never becomes empty.
         mask = attention_mask(jnp.ones_like(valid), causal) & valid[:, None, None, :]
-        x = encoder_stack(self, train, final_norm=self.final_norm)(x, mask)
+        x = stack_for(self, train, final_norm=self.final_norm)(x, mask)
         pooled = pool_tokens(x, self.pool, valid=valid, token_ids=tokens, eos_id=self.eos_id)
         return pooled, x
 

@@ -11,7 +11,7 @@ from flax import linen as nn
 from vlpjax.layers import PositionEmbed, TokenEmbed, attention_mask, cross_attention_mask
 from vlpjax.layers.flops import transformer_flops
 from vlpjax.layers.initializers import layer_norm, zeros_init
-from vlpjax.layers.transformer import TransformerStack
+from vlpjax.layers.transformer import stack_for
 
 
 class TextDecoder(nn.Module):
@@ -89,26 +89,10 @@ class TextDecoder(nn.Module):
             if context_valid is None:
                 raise ValueError("TextDecoder with cross_attention needs context_valid")
             context_mask = cross_attention_mask(jnp.ones(x.shape[:2], bool), context_valid)
-        x = TransformerStack(
-            self.depth,
-            dict(
-                num_heads=self.num_heads,
-                mlp_dim=self.mlp_dim,
-                cross_attention=self.cross_attention,
-                activation=self.activation,
-                norm_first=self.norm_first,
-                norm_eps=self.norm_eps,
-                dropout_rate=self.dropout_rate,
-                deterministic=not train,
-                decode=self.decode,
-            ),
-            scan=self.scan,
-            remat=self.remat,
-            final_norm=self.final_norm,
-            norm_eps=self.norm_eps,
-            dtype=self.dtype,
-            name="transformer",
-        )(x, mask, context, context_mask)
+        stack = stack_for(
+            self, train, self.final_norm, cross_attention=self.cross_attention, decode=self.decode
+        )
+        x = stack(x, mask, context, context_mask)
         logits = embed.attend(x).astype(jnp.float32)
         if self.logits_bias:
             logits = logits + self.param(

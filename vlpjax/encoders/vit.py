@@ -10,7 +10,7 @@ from flax import linen as nn
 from vlpjax.layers import AttentionPool, PatchEmbed, PositionEmbed, pool_tokens
 from vlpjax.layers.flops import transformer_flops
 from vlpjax.layers.initializers import embed_init, layer_norm
-from vlpjax.layers.transformer import encoder_stack
+from vlpjax.layers.transformer import stack_for
 
 # name -> (width, depth, heads, mlp_dim): the standard sizes.
 VIT_VARIANTS = {
@@ -75,7 +75,7 @@ class ViT(nn.Module):
         x = PositionEmbed(num_positions, self.position, self.dtype, name="position_embed")(x)
         if self.pre_norm:
             x = layer_norm(self.norm_eps, self.dtype, "pre_norm")(x)
-        x = encoder_stack(self, train)(x)
+        x = stack_for(self, train)(x)
         if self.post_norm == "tokens":
             x = layer_norm(self.norm_eps, self.dtype, "post_norm")(x)
         if self.pool == "map":

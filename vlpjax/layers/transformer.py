@@ -136,25 +136,27 @@ class TransformerStack(nn.Module):
         return x
 
 
-def encoder_stack(encoder: nn.Module, train: bool, final_norm: bool = False) -> TransformerStack:
-    """The stack of an encoder module whose attributes name its shape (depth, num_heads,
-    mlp_dim, activation, norm_eps, dropout_rate, scan, remat, dtype, and optionally norm_first),
-    as ViT and the text transformer do."""
+def stack_for(module: nn.Module, train: bool, final_norm: bool = False, depth=None, **block):
+    """The layer stack of a module whose attributes name its shape (depth, num_heads, mlp_dim,
+    activation, norm_eps, dropout_rate, scan, remat, dtype, and optionally norm_first), as ViT,
+    the text encoder and decoder, and the encoder-decoder's encoder do. `depth` overrides the
+    module's; `block` adds TransformerBlock attributes (cross_attention, decode)."""
     return TransformerStack(
-        encoder.depth,
+        depth or module.depth,
         dict(
-            num_heads=encoder.num_heads,
-            mlp_dim=encoder.mlp_dim,
-            activation=encoder.activation,
-            norm_first=getattr(encoder, "norm_first", True),
-            norm_eps=encoder.norm_eps,
-            dropout_rate=encoder.dropout_rate,
+            num_heads=module.num_heads,
+            mlp_dim=module.mlp_dim,
+            activation=module.activation,
+            norm_first=getattr(module, "norm_first", True),
+            norm_eps=module.norm_eps,
+            dropout_rate=module.dropout_rate,
             deterministic=not train,
+            **block,
         ),
-        scan=encoder.scan,
-        remat=encoder.remat,
+        scan=module.scan,
+        remat=module.remat,
         final_norm=final_norm,
-        norm_eps=encoder.norm_eps,
-        dtype=encoder.dtype,
+        norm_eps=module.norm_eps,
+        dtype=module.dtype,
         name="transformer",
     )

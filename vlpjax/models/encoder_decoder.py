@@ -28,7 +28,7 @@ from vlpjax.encoders.text_decoder import decoder_for
 from vlpjax.layers import PatchEmbed, PositionEmbed, TokenEmbed, attention_mask
 from vlpjax.layers.flops import transformer_flops
 from vlpjax.layers.initializers import layer_norm
-from vlpjax.layers.transformer import TransformerStack
+from vlpjax.layers.transformer import stack_for
 
 
 def shift_right(targets, start_id: int):
@@ -85,24 +85,7 @@ class MultimodalEncoder(nn.Module):
         x = nn.Dropout(c.dropout_rate)(x, deterministic=not train)
         # Invalid tokens are masked as keys only, so no query row is ever empty.
         mask = attention_mask(jnp.ones_like(valid)) & valid[:, None, None, :]
-        x = TransformerStack(
-            c.encoder_depth,
-            dict(
-                num_heads=c.num_heads,
-                mlp_dim=c.mlp_dim,
-                activation=c.activation,
-                norm_first=c.norm_first,
-                norm_eps=c.norm_eps,
-                dropout_rate=c.dropout_rate,
-                deterministic=not train,
-            ),
-            scan=c.scan,
-            remat=c.remat,
-            final_norm=c.norm_first,
-            norm_eps=c.norm_eps,
-            dtype=c.dtype,
-            name="transformer",
-        )(x, mask)
+        x = stack_for(c, train, final_norm=c.norm_first, depth=c.encoder_depth)(x, mask)
         return x, valid
 
 
