@@ -90,6 +90,36 @@ def generate(
     """Encodes `inputs` and decodes. Returns (tokens int32[B, max_length], scores float32[B])."""
     encoded, valid = model.apply(variables, **inputs, method="encode")
     batch = jax.tree.leaves(inputs)[0].shape[0]
+    return decode_encoded(
+        model,
+        variables,
+        encoded,
+        valid,
+        batch,
+        config,
+        start_id=start_id,
+        eos_id=eos_id,
+        pad_id=pad_id,
+        cached=cached,
+        rng=rng,
+    )
+
+
+def decode_encoded(
+    model,
+    variables,
+    encoded,
+    valid,
+    batch: int,
+    config: DecodeConfig,
+    *,
+    start_id: int,
+    eos_id: int,
+    pad_id: int = 0,
+    cached: bool = True,
+    rng=None,
+):
+    """Decodes `batch` rows from an encoder output (`encode`'s (encoded, valid))."""
     make = cached_decoding if cached else uncached_decoding
     step_fn, state, take_rows = make(model, variables, encoded, valid, batch, config.max_length)
     start = jnp.full((batch,), start_id, jnp.int32)
