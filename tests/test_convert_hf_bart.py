@@ -337,7 +337,5 @@ def test_export_errors(hf_checkpoint, tmp_path):
 def test_converters_registry():
     from vlpjax.convert import CONFIG_READERS, CONVERTERS
 
-    if "hf_bart" not in CONVERTERS:
-        pytest.skip("hf_bart is not registered in vlpjax.convert yet")
     assert CONVERTERS["hf_bart"] == (load_hf_bart, export_hf_bart)
     assert CONFIG_READERS["hf_bart"] is hf_bart_model_config

@@ -218,15 +218,10 @@ def hf_bart_model_config(path: str, scan: bool = False) -> dict:
 def _fields(model_config) -> dict:
     """A vlpjax `config.model` -> EncoderDecoder's fields with defaults filled, plus `name` and
     `dtype`, checking the name."""
-    from vlpjax.models import module_fields
+    from vlpjax.models import flat_fields
     from vlpjax.models.encoder_decoder import EncoderDecoder
-    from vlpjax.utils.config import REQUIRED, take
 
-    cfg = take(
-        model_config,
-        {"name": REQUIRED, "dtype": "float32", **module_fields(EncoderDecoder)},
-        "model",
-    )
+    cfg = flat_fields(EncoderDecoder, model_config)
     if cfg["name"] != "bart":
         raise VlpError(f"model.name '{cfg['name']}': only 'bart' models export to hf_bart")
     return cfg

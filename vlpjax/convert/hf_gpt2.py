@@ -226,12 +226,10 @@ def hf_gpt2_model_config(path: str, scan: bool = False) -> dict:
 
 def _take(model_config) -> dict:
     """A vlpjax `config.model` -> DecoderOnlyLM's fields with defaults filled (+ name, dtype)."""
-    from vlpjax.models import module_fields
+    from vlpjax.models import flat_fields
     from vlpjax.models.generative import DecoderOnlyLM
-    from vlpjax.utils.config import REQUIRED, take
 
-    fields = {k: v for k, v in module_fields(DecoderOnlyLM).items() if k != "decode"}
-    return take(model_config, {"name": REQUIRED, "dtype": "float32", **fields}, "model")
+    return flat_fields(DecoderOnlyLM, model_config)
 
 
 def _hf_config(model_config) -> dict:

@@ -60,11 +60,17 @@ def build_dual_encoder(cfg, dtype, image_tower, text_tower):
     )
 
 
+def flat_fields(cls, cfg) -> dict:
+    """`config.model` of a model whose fields sit directly in it, next to `name` and `dtype`:
+    checked, defaults filled, `name` and `dtype` included (builders and converters read it)."""
+    fields = {k: v for k, v in module_fields(cls).items() if k not in ("decode", "embed")}
+    return take(cfg, {"name": REQUIRED, "dtype": "float32", **fields}, "model")
+
+
 def build_flat(cls, cfg, dtype):
     """A model whose fields sit directly in `config.model` (next to `name` and `dtype`)."""
-    fields = {k: v for k, v in module_fields(cls).items() if k not in ("decode", "embed")}
-    kwargs = take(cfg, {"name": REQUIRED, "dtype": "float32", **fields}, "model")
-    return cls(**{k: kwargs[k] for k in fields}, dtype=dtype)
+    kwargs = flat_fields(cls, cfg)
+    return cls(**{k: v for k, v in kwargs.items() if k not in ("name", "dtype")}, dtype=dtype)
 
 
 def build_clipcap(cfg, dtype):
