@@ -5,6 +5,8 @@ the step's rng), between the host pipeline and the model:
               first part joins the encoder's source, the decoder writes the rest. Some rows
               hide their image (text-only PrefixLM, the paper's mixture with text data).
   denoise     BART: the source is the target corrupted by vlpjax.data.noising.
+  mlm         BERT-style masking of `text` for an image-conditioned masked LM (ALBEF): adds
+              `masked_text`, `mlm_labels` and `mlm_weights`.
 """
 
 from __future__ import annotations
@@ -70,6 +72,42 @@ def denoise(rng, batch: dict, *, spec: dict, **ids):
     return {**batch, "source": noising.noise(rng, batch["target"], spec, **ids)}
 
 
+def mlm_mask(
+    rng,
+    batch: dict,
+    *,
+    rate: float = 0.15,
+    mask_fraction: float = 0.8,
+    random_fraction: float = 0.1,
+    vocab_size: int,
+    mask_id: int,
+    pad_id: int = 0,
+    eos_id: int = 3,
+    bos_id: int = 2,
+):
+    """BERT's masking of `text` int[B, L]: each text token (not pad, bos or eos) is chosen with
+    probability `rate`; a chosen token becomes `mask_id` (`mask_fraction`), a random token
+    (`random_fraction`) or stays. Adds `masked_text`, `mlm_labels` (= text) and `mlm_weights`
+    float32[B, L] (1 where chosen). ALBEF masks 15% with 80/10/10."""
+    text = batch["text"]
+    k_pick, k_kind, k_random = jax.random.split(rng, 3)
+    chosen = noising.is_text(text, pad_id, eos_id, bos_id) & (
+        jax.random.uniform(k_pick, text.shape) < rate
+    )
+    kind = jax.random.uniform(k_kind, text.shape)
+    random_tokens = jax.random.randint(k_random, text.shape, 0, vocab_size, text.dtype)
+    masked = jnp.where(kind < mask_fraction, jnp.asarray(mask_id, text.dtype), text)
+    masked = jnp.where(
+        (kind >= mask_fraction) & (kind < mask_fraction + random_fraction), random_tokens, masked
+    )
+    return {
+        **batch,
+        "masked_text": jnp.where(chosen, masked, text),
+        "mlm_labels": text,
+        "mlm_weights": chosen.astype(jnp.float32),
+    }
+
+
 def build_device_transform(cfg, tokenizer):
     """config.data.device_transform -> (rng, batch) -> batch, or None."""
     if not cfg:
@@ -106,4 +144,30 @@ def build_device_transform(cfg, tokenizer):
             sentence_end_id=sentence_end,
             **ids,
         )
-    raise ConfigError(f"data.device_transform.name '{name}' is not one of ['denoise', 'prefix_lm']")
+    if name == "mlm":
+        where = "data.device_transform"
+        opts = take(
+            cfg,
+            {"name": "mlm", "rate": 0.15, "mask_fraction": 0.8, "random_fraction": 0.1},
+            where,
+        )
+        fractions = float(opts["mask_fraction"]) + float(opts["random_fraction"])
+        if not 0.0 < float(opts["rate"]) <= 1.0 or fractions > 1.0:
+            raise ConfigError(
+                f"{where}: rate must be in (0, 1] and mask_fraction + random_fraction <= 1, got "
+                f"{opts['rate']}, {opts['mask_fraction']} + {opts['random_fraction']}"
+            )
+        return lambda rng, batch: mlm_mask(
+            rng,
+            batch,
+            rate=float(opts["rate"]),
+            mask_fraction=float(opts["mask_fraction"]),
+            random_fraction=float(opts["random_fraction"]),
+            vocab_size=tokenizer.vocab_size,
+            mask_id=tokenizer.mask_id,
+            bos_id=tokenizer.bos_id,
+            **ids,
+        )
+    raise ConfigError(
+        f"data.device_transform.name '{name}' is not one of ['denoise', 'mlm', 'prefix_lm']"
+    )

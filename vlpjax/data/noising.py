@@ -38,7 +38,7 @@ NOISE_ORDER = (
 )
 
 
-def _text(tokens, pad_id, eos_id, bos_id):
+def is_text(tokens, pad_id, eos_id, bos_id):
     """Mask of the text tokens: everything but pad, eos and bos."""
     return (tokens != pad_id) & (tokens != eos_id) & (tokens != bos_id)
 
@@ -53,13 +53,13 @@ def _exclusive_cumsum(x):
 
 def token_masking(rng, tokens, rate, mask_id=4, *, pad_id=0, eos_id=3, bos_id=2):
     """Replace each text token by ``mask_id`` with probability ``rate``."""
-    hit = _text(tokens, pad_id, eos_id, bos_id) & (jax.random.uniform(rng, tokens.shape) < rate)
+    hit = is_text(tokens, pad_id, eos_id, bos_id) & (jax.random.uniform(rng, tokens.shape) < rate)
     return jnp.where(hit, jnp.asarray(mask_id, tokens.dtype), tokens)
 
 
 def token_deletion(rng, tokens, rate, *, pad_id=0, eos_id=3, bos_id=2):
     """Delete each text token with probability ``rate``; survivors (and eos) shift left."""
-    drop = _text(tokens, pad_id, eos_id, bos_id) & (jax.random.uniform(rng, tokens.shape) < rate)
+    drop = is_text(tokens, pad_id, eos_id, bos_id) & (jax.random.uniform(rng, tokens.shape) < rate)
     keep = ~drop & (tokens != pad_id)
     # Cumsum-scatter compaction: O(L), order-preserving, fixed shape.
     pos = jnp.where(keep, jnp.cumsum(keep, axis=1) - 1, tokens.shape[1])
@@ -86,7 +86,7 @@ def text_infilling(
     with eos in the last slot (only near-full rows with several 0-length spans are affected).
     """
     batch, length = tokens.shape
-    n = _text(tokens, pad_id, eos_id, bos_id).sum(axis=1, keepdims=True)
+    n = is_text(tokens, pad_id, eos_id, bos_id).sum(axis=1, keepdims=True)
     lam = jnp.asarray(poisson_lambda, jnp.float32)
     rate = jnp.clip(jnp.asarray(rate, jnp.float32), 0.0, 1.0)
     q = jnp.clip(rate / (lam * (1.0 - rate)), 0.0, 1.0)
@@ -127,7 +127,7 @@ def text_infilling(
 def sentence_permutation(rng, tokens, sentence_end_id, *, prob=1.0, pad_id=0, eos_id=3, bos_id=2):
     """Shuffle each row's sentences uniformly (applied to a row with probability ``prob``)."""
     k_perm, k_apply = jax.random.split(rng)
-    text = _text(tokens, pad_id, eos_id, bos_id)
+    text = is_text(tokens, pad_id, eos_id, bos_id)
     is_end = text & (tokens == sentence_end_id)
     sentence = _exclusive_cumsum(is_end.astype(jnp.int32))
     # iid uniform key per sentence -> sorting by key is a uniform permutation; the stable sort
@@ -143,7 +143,7 @@ def sentence_permutation(rng, tokens, sentence_end_id, *, prob=1.0, pad_id=0, eo
 def document_rotation(rng, tokens, *, prob=1.0, pad_id=0, eos_id=3, bos_id=2):
     """Rotate each row's text to start at a uniform token (with probability ``prob``)."""
     k_shift, k_apply = jax.random.split(rng)
-    n = jnp.maximum(_text(tokens, pad_id, eos_id, bos_id).sum(axis=1, keepdims=True), 1)
+    n = jnp.maximum(is_text(tokens, pad_id, eos_id, bos_id).sum(axis=1, keepdims=True), 1)
     shift = jax.random.randint(k_shift, n.shape, 0, n)
     shift = jnp.where(jax.random.uniform(k_apply, n.shape) < prob, shift, 0)
     i = jnp.arange(tokens.shape[1])

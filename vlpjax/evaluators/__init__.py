@@ -30,8 +30,16 @@ def _eval_data(opts: dict, data: dict) -> EvalData:
 
 
 def _retrieval(cfg, data, workdir):
-    opts = take(cfg, {"split": None, "max_examples": 0, "picture_examples": 8}, "evals.retrieval")
-    return RetrievalEvaluator(_eval_data(opts, data), workdir, opts["picture_examples"])
+    where = "evals.retrieval"
+    opts = take(
+        cfg, {"split": None, "max_examples": 0, "picture_examples": 8, "rerank_k": 0}, where
+    )
+    rerank_k = opts["rerank_k"]
+    if isinstance(rerank_k, bool) or not isinstance(rerank_k, int) or rerank_k < 0:
+        raise ConfigError(
+            f"{where}.rerank_k must be an integer >= 0 (0 = ITC only), got {rerank_k!r}"
+        )
+    return RetrievalEvaluator(_eval_data(opts, data), workdir, opts["picture_examples"], rerank_k)
 
 
 def _zeroshot(cfg, data, workdir):

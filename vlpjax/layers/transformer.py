@@ -37,9 +37,23 @@ class TransformerBlock(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, mask=None, context=None, context_mask=None, modality=None):
+    def __call__(
+        self,
+        x,
+        mask=None,
+        context=None,
+        context_mask=None,
+        modality=None,
+        *,
+        unimodal: bool = False,
+        self_attention: str = "self_attention",
+    ):
         """x: float[B, L, D]; mask: bool[B, 1, L, L]; context: float[B, K, Dc] (cross-attention);
-        context_mask: bool[B, 1, L, K]; modality: int[B, L] (experts). Returns (float[B, L, D], None)."""
+        context_mask: bool[B, 1, L, K]; modality: int[B, L] (experts). Returns (float[B, L, D], None).
+
+        For a text transformer used several ways with shared weights (BLIP): `unimodal` skips
+        the cross-attention; `self_attention` names the self-attention (and its norm) to use,
+        so a causal decoder pass can own its self-attention and share the rest."""
         x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
         attention = dict(
             num_heads=self.num_heads,
@@ -56,9 +70,9 @@ class TransformerBlock(nn.Module):
                 return x + dropout(fn(layer_norm(self.norm_eps, self.dtype, f"{name}_norm")(x)))
             return layer_norm(self.norm_eps, self.dtype, f"{name}_norm")(x + dropout(fn(x)))
 
-        self_attention = MultiHeadAttention(**attention, decode=self.decode, name="self_attention")
-        x = sublayer("self_attention", lambda h: self_attention(h, mask=mask), x)
-        if self.cross_attention:
+        attend = MultiHeadAttention(**attention, decode=self.decode, name=self_attention)
+        x = sublayer(self_attention, lambda h: attend(h, mask=mask), x)
+        if self.cross_attention and not unimodal:
             cross = MultiHeadAttention(
                 **attention, decode=self.decode, cross=True, name="cross_attention"
             )

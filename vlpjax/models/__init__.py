@@ -14,6 +14,7 @@ from vlpjax.encoders import TextTransformer, ViT
 from vlpjax.encoders.efficientnet import EfficientNet
 from vlpjax.models.dual_encoder import DualEncoder
 from vlpjax.models.encoder_decoder import EncoderDecoder
+from vlpjax.models.fusion import FusionModel
 from vlpjax.models.generative import ClipCap, DecoderOnlyLM
 from vlpjax.utils.config import REQUIRED, take
 from vlpjax.utils.errors import ConfigError
@@ -25,7 +26,7 @@ def module_fields(cls) -> dict:
     """A module's configurable attributes and defaults (REQUIRED where there is none)."""
     fields = {}
     for f in dataclasses.fields(cls):
-        if f.name in ("parent", "name", "dtype"):
+        if f.name in ("parent", "name", "dtype", "mesh"):  # mesh: set by the trainer
             continue
         if f.default is not dataclasses.MISSING:
             fields[f.name] = f.default
@@ -84,6 +85,17 @@ def build_clipcap(cfg, dtype):
     )
 
 
+def build_with_image_tower(cls, cfg, dtype):
+    """A model whose ViT is built from `model.image` and whose other fields are top-level."""
+    own = {k: v for k, v in module_fields(cls).items() if k not in ("image_encoder", "decode")}
+    kwargs = take(cfg, {"name": REQUIRED, "dtype": "float32", "image": REQUIRED, **own}, "model")
+    return cls(
+        image_encoder=build_tower(ViT, cfg.image, "model.image", dtype),
+        **{k: kwargs[k] for k in own},
+        dtype=dtype,
+    )
+
+
 SEQ2SEQ_INPUTS = ("image", "source", "target", "image_valid")
 
 # name -> (builder, the batch keys its __call__ takes)
@@ -104,6 +116,11 @@ MODELS = {
     "bart": (lambda cfg, dtype: build_flat(EncoderDecoder, cfg, dtype), ("source", "target")),
     "gpt": (lambda cfg, dtype: build_flat(DecoderOnlyLM, cfg, dtype), ("text",)),
     "clipcap": (build_clipcap, ("image", "text")),
+    "albef": (
+        lambda cfg, dtype: build_with_image_tower(FusionModel, cfg, dtype),
+        ("image", "text", "masked_text"),
+    ),
+    "blip": (lambda cfg, dtype: build_with_image_tower(FusionModel, cfg, dtype), ("image", "text")),
 }
 
 

@@ -15,7 +15,9 @@ from vlpjax.objectives.contrastive import (
     make_contrastive,
     make_sigmoid,
 )
+from vlpjax.objectives.distillation import alpha_ramp, itc_from_outputs, mlm_distilled_loss
 from vlpjax.objectives.generative import make_lm
+from vlpjax.objectives.matching import itm_loss
 from vlpjax.utils.config import closest, take
 from vlpjax.utils.errors import ConfigError
 
@@ -78,7 +80,63 @@ def _lm(cfg, mesh):
     return Objective("lm", float(opts["weight"]), make_lm(smoothing))
 
 
-OBJECTIVES = {"contrastive": _contrastive, "sigmoid": _sigmoid, "lm": _lm}
+def _distillation(cfg, where: str) -> dict:
+    opts = take(cfg, {"weight": 1.0, "alpha": 0.4, "alpha_warmup_steps": 0}, where)
+    if not 0.0 <= float(opts["alpha"]) < 1.0:
+        raise ConfigError(f"{where}.alpha must be in [0, 1), got {opts['alpha']}")
+    return opts
+
+
+def _itc(cfg, mesh):
+    """ALBEF/BLIP's ITC: queue negatives, momentum distillation (fusion models)."""
+    opts = _distillation(cfg, "objectives.itc")
+    alpha, warmup = float(opts["alpha"]), int(opts["alpha_warmup_steps"])
+    return Objective(
+        "itc", float(opts["weight"]), lambda out, batch: itc_from_outputs(out, alpha, warmup)
+    )
+
+
+def _itm(cfg, mesh):
+    """Image-text matching on the fusion model's (pos, neg_img, neg_txt) pairs."""
+    opts = take(cfg, {"weight": 1.0}, "objectives.itm")
+
+    def itm(out, batch):
+        return itm_loss(out["itm/logits"], out["itm/labels"], out["itm/weights"])
+
+    return Objective("itm", float(opts["weight"]), itm)
+
+
+def _mlm(cfg, mesh):
+    """ALBEF's image-conditioned masked LM (data.device_transform 'mlm'), distilled."""
+    opts = _distillation(cfg, "objectives.mlm")
+    alpha, warmup = float(opts["alpha"]), int(opts["alpha_warmup_steps"])
+
+    def mlm(out, batch):
+        if "mlm_labels" not in batch:
+            raise ConfigError(
+                "objectives.mlm needs masked text: set data.device_transform.name='mlm'"
+            )
+        momentum = out.get("momentum/mlm/logits")
+        if momentum is None and alpha > 0:
+            raise ConfigError(
+                "objectives.mlm.alpha > 0 distils from the momentum model: set ema_decay > 0"
+            )
+        ramped = alpha_ramp(out.get("step", 0), alpha, warmup)
+        return mlm_distilled_loss(
+            out["mlm/logits"], momentum, batch["mlm_labels"], batch["mlm_weights"], ramped
+        )
+
+    return Objective("mlm", float(opts["weight"]), mlm)
+
+
+OBJECTIVES = {
+    "contrastive": _contrastive,
+    "sigmoid": _sigmoid,
+    "lm": _lm,
+    "itc": _itc,
+    "itm": _itm,
+    "mlm": _mlm,
+}
 
 
 def build_objectives(cfg, mesh) -> list[Objective]:

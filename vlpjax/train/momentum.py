@@ -48,3 +48,9 @@ def queue_push(queue: Queue, features) -> Queue:
 def queue_ordered(queue: Queue):
     """The queue's features oldest first: float[size, D] (the first size - count rows are empty)."""
     return jnp.roll(queue.features, -queue.pointer, axis=0)
+
+
+def queue_valid(queue: Queue):
+    """bool[size]: which rows of `queue_ordered(queue)` hold real features (the newest `count`)."""
+    size = queue.features.shape[0]
+    return jnp.arange(size) >= size - queue.count

@@ -14,8 +14,11 @@ from vlpjax.train.generation import generate
 
 
 class Predictor:
-    def __init__(self, model, mesh, tokenizer, text_length: int, batch_size: int):
+    def __init__(
+        self, model, mesh, tokenizer, text_length: int, batch_size: int, add_bos: bool = False
+    ):
         self.mesh = mesh
+        self.add_bos = add_bos  # text rows as training saw them (data.add_bos)
         self.tokenizer = tokenizer
         self.text_length = text_length
         self.batch_size = batch_size
@@ -27,6 +30,14 @@ class Predictor:
         )
         self._embed_text = jax.jit(
             lambda v, t: model.apply(v, text=t)[1]["txt/embed"], out_shardings=out
+        )
+        # Fusion models: image tokens once, then the ITM head on (image, text) pairs.
+        self._image_tokens = jax.jit(
+            lambda v, x: model.apply(v, x, method="image_tokens"), out_shardings=out
+        )
+        self._itm_scores = jax.jit(
+            lambda v, tokens, t: model.apply(v, tokens, t, method="itm_scores"),
+            out_shardings=out,
         )
 
     def _batched(self, fn, variables, *arrays: np.ndarray):
@@ -97,6 +108,15 @@ class Predictor:
 
     def embed_texts(self, variables, texts: list[str]) -> np.ndarray:
         """N strings -> float32[N, E] normalised."""
-        return self._batched(
-            self._embed_text, variables, self.tokenizer.encode(texts, self.text_length)
-        )
+        return self._batched(self._embed_text, variables, self.tokenize(texts))
+
+    def tokenize(self, texts: list[str]) -> np.ndarray:
+        return self.tokenizer.encode(texts, self.text_length, add_bos=self.add_bos)
+
+    def image_tokens(self, variables, images: np.ndarray) -> np.ndarray:
+        """float32[N, S, S, 3] -> the image encoder's tokens float32[N, P, D] (fusion models)."""
+        return self._batched(self._image_tokens, variables, images)
+
+    def itm_scores(self, variables, image_tokens: np.ndarray, text_ids: np.ndarray) -> np.ndarray:
+        """Match probabilities float32[N] of the pairs (image_tokens[r], text_ids[r])."""
+        return self._batched(self._itm_scores, variables, image_tokens, text_ids)

@@ -19,9 +19,11 @@ class TrainState:
     nonfinite_run: jax.Array  # int32[]: consecutive skipped steps ending at `step`
     model_state: Any = struct.field(default_factory=dict)  # non-trained variables (batch_stats)
     ema_params: Any = None  # momentum copy of params (when config.ema_decay > 0)
+    # Feature queues (vlpjax.train.momentum.Queue), one per `model.queued_outputs` (queue_size > 0)
+    queues: Any = None
 
     @classmethod
-    def create(cls, params, tx, rng, model_state=None, ema: bool = False):
+    def create(cls, params, tx, rng, model_state=None, ema: bool = False, queues=None):
         return cls(
             step=jnp.zeros((), jnp.int32),
             params=params,
@@ -31,6 +33,7 @@ class TrainState:
             nonfinite_run=jnp.zeros((), jnp.int32),
             model_state=model_state or {},
             ema_params=jax.tree.map(jnp.copy, params) if ema else None,
+            queues=queues,
         )
 
     def step_rng(self):

@@ -11,8 +11,13 @@ Three ways to get the gradient of one global batch:
   activation memory of one micro-batch.
 Micro-batch j takes rows j, j+k, ... so every device splits its own rows (no data moves).
 
-A step whose loss or gradients are not finite leaves parameters, optimizer and model state
-untouched and is counted (`nonfinite_total`, `nonfinite_run`).
+Momentum models (ALBEF, BLIP: a `momentum` method) also see, beside their own outputs, the
+momentum (EMA) copy's outputs `momentum/<key>` (no gradient), the feature queues
+`queue/<key>` float[Q, D] oldest first with `queue/valid` bool[Q], and `step`; after the update
+the momentum features of the global batch are pushed into the queues.
+
+A step whose loss or gradients are not finite leaves parameters, optimizer, model state and
+queues untouched and is counted (`nonfinite_total`, `nonfinite_run`).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vlpjax.train.momentum import ema_update
+from vlpjax.train.momentum import ema_update, queue_ordered, queue_push, queue_valid
 from vlpjax.train.state import TrainState
 
 
@@ -51,12 +56,36 @@ def apply_model(params, model_state, batch, rng, *, model, inputs, train=True):
     return out, model_state
 
 
-def compute_loss(params, batch, rng, *, model, objectives, inputs, model_state=None, train=True):
-    """Forward + objectives. Returns (loss, (metrics, new model state))."""
+def uses_momentum(model) -> bool:
+    return callable(getattr(model, "momentum", None))
+
+
+def momentum_outputs(state: TrainState, batch, *, model, inputs) -> dict:
+    """What a momentum model's objectives read beside its own outputs (see the module doc)."""
+    if state.ema_params is None or not uses_momentum(model):
+        return {}
+    momentum = model.apply(
+        {"params": state.ema_params, **state.model_state},
+        **{key: batch[key] for key in inputs},
+        method="momentum",
+    )
+    extras = {f"momentum/{k}": jax.lax.stop_gradient(v) for k, v in momentum.items()}
+    if state.queues is not None:
+        for key, queue in zip(model.queued_outputs, state.queues):
+            extras[f"queue/{key}"] = queue_ordered(queue)
+        extras["queue/valid"] = queue_valid(state.queues[0])
+    extras["step"] = state.step
+    return extras
+
+
+def compute_loss(
+    params, batch, rng, *, model, objectives, inputs, model_state=None, train=True, extras=None
+):
+    """Forward + objectives (which also see `extras`). Returns (loss, (metrics, new model state))."""
     out, new_state = apply_model(
         params, model_state or {}, batch, rng, model=model, inputs=inputs, train=train
     )
-    loss, metrics = objectives_loss(out, batch, objectives)
+    loss, metrics = objectives_loss({**out, **(extras or {})}, batch, objectives)
     return loss, (metrics, new_state)
 
 
@@ -152,9 +181,10 @@ def train_step(
     rng = state.step_rng()
     if transform is not None:
         batch = transform(jax.random.fold_in(rng, 0x7A5C), batch)
+    extras = momentum_outputs(state, batch, model=model, inputs=inputs)
     grad_fn = jax.value_and_grad(
         lambda p, b, r, s: compute_loss(
-            p, b, r, model=model, objectives=objectives, inputs=inputs, model_state=s
+            p, b, r, model=model, objectives=objectives, inputs=inputs, model_state=s, extras=extras
         ),
         has_aux=True,
     )
@@ -176,12 +206,19 @@ def train_step(
     ema = state.ema_params
     if ema is not None:  # momentum (EMA) copy of the parameters: ALBEF/BLIP/MoCo style
         ema = keep(ema_update(ema, params, ema_decay), ema)
+    queues = state.queues
+    if queues is not None:  # the global batch's momentum features, after this step used them
+        pushed = [
+            queue_push(q, extras[f"momentum/{k}"]) for k, q in zip(model.queued_outputs, queues)
+        ]
+        queues = keep(tuple(pushed), queues)
     new_state = state.replace(
         step=state.step + 1,
         params=keep(params, state.params),
         opt_state=keep(opt_state, state.opt_state),
         model_state=keep(model_state, state.model_state),
         ema_params=ema,
+        queues=queues,
         nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32),
         nonfinite_run=jnp.where(finite, 0, state.nonfinite_run + 1),
     )

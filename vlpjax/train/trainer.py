@@ -6,6 +6,7 @@ user can get wrong (keys, mesh, batch, paths, datasets) is checked before the fi
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import signal
@@ -38,11 +39,12 @@ from vlpjax.sharding import (
 )
 from vlpjax.train.checkpoint import Checkpointer
 from vlpjax.train.metrics_writer import MetricsWriter
+from vlpjax.train.momentum import queue_init
 from vlpjax.train.optimizer import build_optimizer
 from vlpjax.train.perf import perf_metrics
 from vlpjax.train.predictor import Predictor
 from vlpjax.train.state import TrainState
-from vlpjax.train.step import train_step
+from vlpjax.train.step import train_step, uses_momentum
 from vlpjax.utils.checkpoints import read_run_checkpoint
 from vlpjax.utils.config import REQUIRED, check_type, take
 from vlpjax.utils.errors import VlpError
@@ -59,6 +61,7 @@ TOP_LEVEL = {
     "grad_accum_steps": 1,
     "grad_cache_steps": 1,  # GradCache micro-batches for embedding-coupled losses (1 = off)
     "ema_decay": 0.0,  # > 0 keeps a momentum (EMA) copy of the parameters in the state
+    "queue_size": 0,  # > 0: feature queues of the momentum outputs (ALBEF, BLIP; needs ema_decay)
     "max_nonfinite_steps": 5,  # this many consecutive non-finite steps abort the run
     "eval_batch_size": 256,
     "progress_bar": True,
@@ -180,7 +183,10 @@ class Setup:
             self.data["device_transform"], self.tokenizer
         )
         self.model = build_model(config.model)
+        if "mesh" in {f.name for f in dataclasses.fields(self.model)}:
+            self.model = self.model.clone(mesh=self.mesh)  # e.g. hard negatives in shard_map
         self.inputs = model_inputs(config.model)
+        self._check_momentum(config.model.name, split)
         text_vocab = getattr(getattr(self.model, "text_encoder", None), "vocab_size", None)
         if text_vocab is not None and self.tokenizer.vocab_size > text_vocab:
             raise VlpError(
@@ -202,8 +208,34 @@ class Setup:
                     self.text_corpus, jax.process_index(), jax.process_count()
                 )
             self.evaluators = build_evaluators(config.evals, self.data, workdir)
+            for evaluator in self.evaluators:
+                missing = [
+                    m for m in getattr(evaluator, "model_methods", ()) if not hasattr(self.model, m)
+                ]
+                if missing:
+                    raise VlpError(
+                        f"evals.{evaluator.name}: model '{config.model.name}' has no {missing} "
+                        "(ITM re-ranking needs a fusion model; set rerank_k=0)"
+                    )
         self.pretrained = self._load_pretrained(self.top["init_from"])
         self._build_state_functions()
+
+    def _check_momentum(self, name: str, split: int) -> None:
+        queue, ema = self.top["queue_size"], self.top["ema_decay"]
+        if isinstance(queue, bool) or not isinstance(queue, int) or queue < 0:
+            raise VlpError(f"queue_size must be an integer >= 0, got {queue!r}")
+        if queue and not getattr(self.model, "queued_outputs", None):
+            raise VlpError(f"queue_size {queue}: model '{name}' has no feature queues")
+        if queue and not ema > 0:
+            raise VlpError(
+                f"queue_size {queue}: the queues hold the momentum model's features; set "
+                "ema_decay > 0 (ALBEF and BLIP use 0.995)"
+            )
+        if ema > 0 and uses_momentum(self.model) and split > 1:
+            raise VlpError(
+                f"model '{name}' runs its momentum model and queues on the whole batch: "
+                "grad_accum_steps and grad_cache_steps must be 1"
+            )
 
     def _load_pretrained(self, init_from):
         """Parameters (numpy) to start from, or None.
@@ -319,11 +351,20 @@ class Setup:
                 )
 
         ema = self.top["ema_decay"] > 0
+        queue_size = self.top["queue_size"]
 
         def init_state(rng):
             variables = nn.unbox(init_variables(rng))
             params = variables.pop("params")
-            return TrainState.create(params, self.tx, rng, model_state=variables, ema=ema)
+            queues = None
+            if queue_size:
+                _, out = model.apply({"params": params, **variables}, **self.dummy_inputs())
+                queues = tuple(
+                    queue_init(queue_size, out[key].shape[-1]) for key in model.queued_outputs
+                )
+            return TrainState.create(
+                params, self.tx, rng, model_state=variables, ema=ema, queues=queues
+            )
 
         abstract_state = jax.eval_shape(init_state, rng)
         repl = replicated(self.mesh)
@@ -340,6 +381,7 @@ class Setup:
             nonfinite_run=repl,
             model_state=model_state_shardings,
             ema_params=param_shardings if ema else None,
+            queues=jax.tree.map(lambda _: repl, abstract_state.queues),
         )
         self.abstract_state = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -428,6 +470,7 @@ class Setup:
             self.tokenizer,
             self.data["text_length"],
             self.top["eval_batch_size"],
+            add_bos=bool(self.data["add_bos"]),
         )
 
     def train_flops_per_example(self) -> float:
