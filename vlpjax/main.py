@@ -32,15 +32,20 @@ def parse_args(argv):
         help="call jax.distributed.initialize() with auto-detection (TPU VM, SLURM)",
     )
     args, rest = parser.parse_known_args(argv)
+    return args, parse_overrides(rest)
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, str]]:
+    """`--config.KEY=VALUE` arguments -> [(KEY, VALUE)]."""
     overrides = []
-    for item in rest:
+    for item in items:
         if not item.startswith("--config.") or "=" not in item:
             raise VlpError(
                 f"unrecognised argument '{item}' (overrides look like --config.KEY=VALUE)"
             )
         key, _, value = item[len("--config.") :].partition("=")
         overrides.append((key, value))
-    return args, overrides
+    return overrides
 
 
 def default_workdir(spec: str) -> str:

@@ -121,10 +121,13 @@ class FusionLayers(nn.Module):
         *,
         start: int = 0,
         stop: int | None = None,
+        unimodal: bool = False,
         causal: bool = False,
         train: bool = False,
     ):
-        """causal: the decoder pass (its own self-attention); context None: unimodal."""
+        """unimodal: no cross-attention (the text encoder); causal: the decoder pass with its
+        own self-attention (while decoding, only the call that creates the cache passes the
+        context; later steps read its keys and values from the cross-attention cache)."""
         for i in range(start, self.depth if stop is None else stop):
             cross = i >= self.cross_from
             block = TransformerBlock(
@@ -145,7 +148,7 @@ class FusionLayers(nn.Module):
                 mask,
                 context if cross else None,
                 context_mask if cross else None,
-                unimodal=context is None,
+                unimodal=unimodal,
                 self_attention=DECODER_ATTENTION if causal else "self_attention",
             )
         return x
@@ -254,7 +257,7 @@ class FusionModel(nn.Module):
         valid = self._valid(text)
         mask = attention_mask(valid)
         x = self.embeddings(text, train)
-        return self.layers(x, mask, stop=self.text_layers, train=train)
+        return self.layers(x, mask, stop=self.text_layers, unimodal=True, train=train)
 
     def multimodal(self, image_tokens, text=None, hidden=None, valid=None, train=False):
         """Image-grounded encoder -> float[B, L, D]. From token ids `text`, or (ALBEF) from the

@@ -68,22 +68,25 @@ class Predictor:
         sources: list[str] | None,
         config: DecodeConfig | dict,
         source_length: int | None = None,
+        seed: int = 0,
     ) -> list[str]:
         """Texts generated for `images` (float32[N, S, S, 3]) and/or `sources` (N encoder
         prefixes: prompts, questions, instructions; None = empty) with `config` (a
-        DecodeConfig or its fields as a dict)."""
+        DecodeConfig or its fields as a dict). Sampling draws from `seed`, folded with each
+        chunk's first row so chunks differ."""
         if isinstance(config, dict):
             config = DecodeConfig(**config)
         key = (config, images is not None, sources is not None)
         if key not in self._generators:
             use_image, use_source = images is not None, sources is not None
 
-            def run(v, *arrays):
+            def run(v, seed, *arrays):
                 inputs = {}
                 if use_image:
                     inputs["image"] = arrays[0]
                 if use_source:
-                    inputs["source"] = arrays[-1]
+                    inputs["source"] = arrays[1 if use_image else 0]
+                rng = jax.random.fold_in(jax.random.key(seed[0]), arrays[-1][0])
                 return generate(
                     self.model,
                     v,
@@ -92,6 +95,7 @@ class Predictor:
                     start_id=self.tokenizer.bos_id,
                     eos_id=self.tokenizer.eos_id,
                     pad_id=self.tokenizer.pad_id,
+                    rng=rng if config.strategy == "sample" else None,
                 )[0]
 
             self._generators[key] = jax.jit(run, out_shardings=replicated(self.mesh))
@@ -99,7 +103,9 @@ class Predictor:
         if sources is not None:
             length = source_length or self.text_length
             arrays.append(self.tokenizer.encode(sources, length, add_eos=False))
-        tokens = self._batched(self._generators[key], variables, *arrays)
+        rows = np.arange(len(arrays[0]), dtype=np.int32)
+        seeds = np.full(len(rows), seed, np.int32)
+        tokens = self._batched(self._generators[key], variables, seeds, *arrays, rows)
         return self.tokenizer.decode(tokens)
 
     def embed_images(self, variables, images: np.ndarray) -> np.ndarray:
