@@ -12,6 +12,14 @@ from vlpjax.convert.hf_bart import (
     hf_bart_model_config,
     load_hf_bart,
 )
+from vlpjax.convert.hf_blip import (
+    export_hf_blip_caption,
+    export_hf_blip_retrieval,
+    hf_blip_caption_model_config,
+    hf_blip_retrieval_model_config,
+    load_hf_blip_caption,
+    load_hf_blip_retrieval,
+)
 from vlpjax.convert.hf_clip import export_hf_clip, hf_clip_model_config, load_hf_clip
 from vlpjax.convert.hf_gpt2 import (
     export_hf_gpt2,
@@ -25,12 +33,16 @@ CONVERTERS = {
     "hf_align": (load_hf_align, export_hf_align),
     "hf_bart": (load_hf_bart, export_hf_bart),
     "hf_gpt2": (load_hf_gpt2, export_hf_gpt2),
+    "hf_blip_retrieval": (load_hf_blip_retrieval, export_hf_blip_retrieval),
+    "hf_blip_caption": (load_hf_blip_caption, export_hf_blip_caption),
 }
 CONFIG_READERS = {
     "hf_clip": hf_clip_model_config,
     "hf_align": hf_align_model_config,
     "hf_bart": hf_bart_model_config,
     "hf_gpt2": hf_gpt2_model_config,
+    "hf_blip_retrieval": hf_blip_retrieval_model_config,
+    "hf_blip_caption": hf_blip_caption_model_config,
 }
 
 __all__ = [
@@ -45,6 +57,12 @@ __all__ = [
     "hf_gpt2_model_config",
     "load_hf_gpt2",
     "export_hf_align",
+    "export_hf_blip_caption",
+    "export_hf_blip_retrieval",
+    "hf_blip_caption_model_config",
+    "hf_blip_retrieval_model_config",
+    "load_hf_blip_caption",
+    "load_hf_blip_retrieval",
     "export_hf_clip",
     "hf_align_model_config",
     "hf_clip_model_config",

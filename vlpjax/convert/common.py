@@ -1,7 +1,9 @@
-"""Machinery the Hugging Face converters share (`hf_clip`, `hf_align`).
+"""Machinery the Hugging Face converters share (`hf_clip`, `hf_align`, `hf_bart`, `hf_gpt2`,
+`hf_blip`).
 
 Each converter keeps its own mapping table and config translation; this module holds what they
-do alike: the tensor `Transform`s, the table lookup (`TensorTable`), reading `save_pretrained`
+do alike: the tensor `Transform`s, table rows for norms, linears and BERT layers, the table
+lookup (`TensorTable`), splitting and fusing fused q/k/v tensors, reading `save_pretrained`
 directories (config.json, safetensors / torch tensors), flat `a/b/c` param trees, stacking and
 unstacking scanned layers, the load and export passes over a table, and writing a directory.
 """
@@ -63,6 +65,77 @@ CONV = Transform(
     lambda k: k.transpose(3, 2, 0, 1),
     lambda s: (s[3], s[2], s[0], s[1]),
 )
+
+
+Row = tuple[str, str, Transform]  # (vlpjax path, HF tensor name, transform)
+
+
+def norm_rows(vlp: str, hf: str) -> list[Row]:
+    """A LayerNorm (or BatchNorm's affine part): scale/bias <-> weight/bias."""
+    return [(f"{vlp}/scale", f"{hf}.weight", SAME), (f"{vlp}/bias", f"{hf}.bias", SAME)]
+
+
+def linear_rows(vlp: str, hf: str, kernel: Transform, bias: Transform) -> list[Row]:
+    return [(f"{vlp}/kernel", f"{hf}.weight", kernel), (f"{vlp}/bias", f"{hf}.bias", bias)]
+
+
+def bert_layer_rows(
+    vlp: str, hf: str, attentions: tuple[tuple[str, str], ...] = (("self_attention", "attention"),)
+) -> list[Row]:
+    """One post-LN BERT layer: vlpjax TransformerBlock `vlp` <-> HF `hf` (`BertLayer` names).
+    `attentions` pairs each vlpjax attention (its norm is `{name}_norm`) with its HF module
+    (`attention`, BLIP's `crossattention`)."""
+    rows = []
+    for ours, theirs in attentions:
+        for name in ("query", "key", "value"):
+            rows += linear_rows(f"{vlp}/{ours}/{name}", f"{hf}.{theirs}.self.{name}", DENSE, FLAT)
+        rows += linear_rows(
+            f"{vlp}/{ours}/out", f"{hf}.{theirs}.output.dense", DENSE_HEADS_IN, SAME
+        )
+        rows += norm_rows(f"{vlp}/{ours}_norm", f"{hf}.{theirs}.output.LayerNorm")
+    rows += linear_rows(f"{vlp}/mlp/fc1", f"{hf}.intermediate.dense", DENSE, SAME)
+    rows += linear_rows(f"{vlp}/mlp/fc2", f"{hf}.output.dense", DENSE, SAME)
+    return rows + norm_rows(f"{vlp}/mlp_norm", f"{hf}.output.LayerNorm")
+
+
+def split_fused(
+    path: str, tensors: dict[str, np.ndarray], fused: re.Pattern, parts: tuple[str, ...], axis: int
+) -> dict[str, np.ndarray]:
+    """Splits each tensor whose name matches `fused` (`A.B.weight`) into equal pieces along
+    `axis`, named `A.B.{part}.weight` in the order of `parts` (fused q/k/v projections)."""
+    out = {}
+    for name, array in tensors.items():
+        if not fused.match(name):
+            out[name] = array
+            continue
+        if array.shape[axis] % len(parts):
+            raise VlpError(
+                f"{path}: tensor {name} has shape {list(array.shape)}, whose axis {axis} does "
+                f"not split into {', '.join(parts)}"
+            )
+        head, _, leaf = name.rpartition(".")
+        for part, piece in zip(parts, np.split(array, len(parts), axis=axis), strict=True):
+            out[f"{head}.{part}.{leaf}"] = piece
+    return out
+
+
+def fuse(
+    tensors: dict[str, np.ndarray], fused: re.Pattern, parts: tuple[str, ...], axis: int
+) -> dict[str, np.ndarray]:
+    """The inverse of `split_fused`: `A.B.{part}.weight` pieces -> one `A.B.weight`."""
+    out, pieces = {}, {}
+    for name, array in tensors.items():
+        prefix, _, leaf = name.rpartition(".")
+        head, _, part = prefix.rpartition(".")
+        whole = f"{head}.{leaf}"
+        if part in parts and fused.match(whole):
+            pieces.setdefault(whole, {})[part] = array
+        else:
+            out[name] = array
+    for whole, by_part in pieces.items():
+        joined = np.concatenate([by_part[p] for p in parts], axis=axis)
+        out[whole] = np.array(joined, np.float32, order="C")
+    return out
 
 
 def _pattern(template: str) -> re.Pattern:

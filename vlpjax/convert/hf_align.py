@@ -45,19 +45,21 @@ import numpy as np
 from vlpjax.convert.common import (
     CONV,
     DENSE,
-    DENSE_HEADS_IN,
-    FLAT,
     SAME,
     VLP_ACTIVATIONS,
+    Row,
     TensorTable,
     Transform,
     activation,
+    bert_layer_rows,
     check_activations,
     check_required,
     flat_for_export,
     flatten,
     from_hf,
     init_shapes,
+    linear_rows,
+    norm_rows,
     plain,
     read_hf_config,
     read_tensors,
@@ -82,11 +84,8 @@ TEMPERATURE = Transform(
 )
 
 
-def _norm(vlp: str, hf: str) -> list[tuple[str, str, Transform]]:
-    return [
-        (f"params/{vlp}/scale", f"{hf}.weight", SAME),
-        (f"params/{vlp}/bias", f"{hf}.bias", SAME),
-    ]
+def _norm(vlp: str, hf: str) -> list[Row]:
+    return norm_rows(f"params/{vlp}", hf)
 
 
 def _batch_norm(vlp: str, hf: str) -> list[tuple[str, str, Transform]]:
@@ -96,11 +95,8 @@ def _batch_norm(vlp: str, hf: str) -> list[tuple[str, str, Transform]]:
     ]
 
 
-def _linear(vlp: str, hf: str, kernel: Transform, bias: Transform) -> list:
-    return [
-        (f"params/{vlp}/kernel", f"{hf}.weight", kernel),
-        (f"params/{vlp}/bias", f"{hf}.bias", bias),
-    ]
+def _linear(vlp: str, hf: str, kernel: Transform, bias: Transform) -> list[Row]:
+    return linear_rows(f"params/{vlp}", hf, kernel, bias)
 
 
 def _block_rows() -> list[tuple[str, str, Transform]]:
@@ -118,20 +114,11 @@ def _block_rows() -> list[tuple[str, str, Transform]]:
     ]
 
 
-def _layer_rows() -> list[tuple[str, str, Transform]]:
+def _layer_rows() -> list[Row]:
     """One post-LN BERT layer: vlpjax TransformerBlock <-> HF `AlignTextLayer`."""
-    vlp, hf = "text_encoder/transformer/layer_{i}", "text_model.encoder.layer.{i}"
-    rows = []
-    for name in ("query", "key", "value"):
-        rows += _linear(f"{vlp}/self_attention/{name}", f"{hf}.attention.self.{name}", DENSE, FLAT)
-    rows += _linear(
-        f"{vlp}/self_attention/out", f"{hf}.attention.output.dense", DENSE_HEADS_IN, SAME
+    return bert_layer_rows(
+        "params/text_encoder/transformer/layer_{i}", "text_model.encoder.layer.{i}"
     )
-    rows += _norm(f"{vlp}/self_attention_norm", f"{hf}.attention.output.LayerNorm")
-    rows += _linear(f"{vlp}/mlp/fc1", f"{hf}.intermediate.dense", DENSE, SAME)
-    rows += _linear(f"{vlp}/mlp/fc2", f"{hf}.output.dense", DENSE, SAME)
-    rows += _norm(f"{vlp}/mlp_norm", f"{hf}.output.LayerNorm")
-    return rows
 
 
 # (collection/vlpjax param path, HF tensor name, transform); `{i}` is an index on both sides.

@@ -55,6 +55,8 @@ from vlpjax.convert.common import (
     flat_for_export,
     flatten,
     from_hf,
+    linear_rows,
+    norm_rows,
     plain,
     read_hf_config,
     read_tensors,
@@ -74,32 +76,24 @@ ROW = Transform(
 )
 
 
-def _norm(vlp: str, hf: str) -> list[tuple[str, str, Transform]]:
-    return [(f"{vlp}/scale", f"{hf}.weight", SAME), (f"{vlp}/bias", f"{hf}.bias", SAME)]
-
-
-def _linear(vlp: str, hf: str, kernel: Transform, bias: Transform) -> list:
-    return [(f"{vlp}/kernel", f"{hf}.weight", kernel), (f"{vlp}/bias", f"{hf}.bias", bias)]
-
-
 def _attention(vlp: str, hf: str) -> list[tuple[str, str, Transform]]:
     rows = []
     for ours, theirs in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
-        rows += _linear(f"{vlp}/{ours}", f"{hf}.{theirs}", DENSE, FLAT)
-    return rows + _linear(f"{vlp}/out", f"{hf}.out_proj", DENSE_HEADS_IN, SAME)
+        rows += linear_rows(f"{vlp}/{ours}", f"{hf}.{theirs}", DENSE, FLAT)
+    return rows + linear_rows(f"{vlp}/out", f"{hf}.out_proj", DENSE_HEADS_IN, SAME)
 
 
 def _layer_rows(vlp: str, hf: str, cross: bool) -> list[tuple[str, str, Transform]]:
     """One post-LN layer: vlpjax TransformerBlock <-> HF BartEncoderLayer / BartDecoderLayer."""
     vlp, hf = f"{vlp}/transformer/layer_{{i}}", f"{hf}.layers.{{i}}"
     rows = _attention(f"{vlp}/self_attention", f"{hf}.self_attn")
-    rows += _norm(f"{vlp}/self_attention_norm", f"{hf}.self_attn_layer_norm")
+    rows += norm_rows(f"{vlp}/self_attention_norm", f"{hf}.self_attn_layer_norm")
     if cross:
         rows += _attention(f"{vlp}/cross_attention", f"{hf}.encoder_attn")
-        rows += _norm(f"{vlp}/cross_attention_norm", f"{hf}.encoder_attn_layer_norm")
-    rows += _linear(f"{vlp}/mlp/fc1", f"{hf}.fc1", DENSE, SAME)
-    rows += _linear(f"{vlp}/mlp/fc2", f"{hf}.fc2", DENSE, SAME)
-    rows += _norm(f"{vlp}/mlp_norm", f"{hf}.final_layer_norm")
+        rows += norm_rows(f"{vlp}/cross_attention_norm", f"{hf}.encoder_attn_layer_norm")
+    rows += linear_rows(f"{vlp}/mlp/fc1", f"{hf}.fc1", DENSE, SAME)
+    rows += linear_rows(f"{vlp}/mlp/fc2", f"{hf}.fc2", DENSE, SAME)
+    rows += norm_rows(f"{vlp}/mlp_norm", f"{hf}.final_layer_norm")
     return rows
 
 
@@ -112,10 +106,10 @@ LOGITS_BIAS = "final_logits_bias"
 MAPPING: list[tuple[str, str, Transform]] = [
     ("token_embed/embedding", SHARED, SAME),
     (f"{ENC}/text_position/embedding", f"{HF_ENC}.embed_positions.weight", SAME),
-    *_norm(f"{ENC}/embed_norm", f"{HF_ENC}.layernorm_embedding"),
+    *norm_rows(f"{ENC}/embed_norm", f"{HF_ENC}.layernorm_embedding"),
     *_layer_rows(ENC, HF_ENC, cross=False),
     (f"{DEC}/position_embed/embedding", f"{HF_DEC}.embed_positions.weight", SAME),
-    *_norm(f"{DEC}/embed_norm", f"{HF_DEC}.layernorm_embedding"),
+    *norm_rows(f"{DEC}/embed_norm", f"{HF_DEC}.layernorm_embedding"),
     *_layer_rows(DEC, HF_DEC, cross=True),
     (f"{DEC}/logits_bias", LOGITS_BIAS, ROW),
 ]

@@ -40,6 +40,8 @@ from vlpjax.convert.common import (
     flatten,
     from_hf,
     init_shapes,
+    linear_rows,
+    norm_rows,
     plain,
     read_hf_config,
     read_tensors,
@@ -56,24 +58,18 @@ from vlpjax.utils.errors import VlpError
 # The mapping table.
 
 
-def _norm(vlp: str, hf: str) -> list[tuple[str, str, Transform]]:
-    return [(f"{vlp}/scale", f"{hf}.weight", SAME), (f"{vlp}/bias", f"{hf}.bias", SAME)]
-
-
-def _linear(vlp: str, hf: str, kernel: Transform, bias: Transform) -> list:
-    return [(f"{vlp}/kernel", f"{hf}.weight", kernel), (f"{vlp}/bias", f"{hf}.bias", bias)]
-
-
 def _layer_rows(vlp: str, hf: str) -> list[tuple[str, str, Transform]]:
     """One pre-LN encoder layer: vlpjax TransformerBlock <-> HF CLIPEncoderLayer."""
     vlp, hf = f"{vlp}/transformer/layer_{{i}}", f"{hf}.encoder.layers.{{i}}"
-    rows = _norm(f"{vlp}/self_attention_norm", f"{hf}.layer_norm1")
+    rows = norm_rows(f"{vlp}/self_attention_norm", f"{hf}.layer_norm1")
     for ours, theirs in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
-        rows += _linear(f"{vlp}/self_attention/{ours}", f"{hf}.self_attn.{theirs}", DENSE, FLAT)
-    rows += _linear(f"{vlp}/self_attention/out", f"{hf}.self_attn.out_proj", DENSE_HEADS_IN, SAME)
-    rows += _norm(f"{vlp}/mlp_norm", f"{hf}.layer_norm2")
-    rows += _linear(f"{vlp}/mlp/fc1", f"{hf}.mlp.fc1", DENSE, SAME)
-    rows += _linear(f"{vlp}/mlp/fc2", f"{hf}.mlp.fc2", DENSE, SAME)
+        rows += linear_rows(f"{vlp}/self_attention/{ours}", f"{hf}.self_attn.{theirs}", DENSE, FLAT)
+    rows += linear_rows(
+        f"{vlp}/self_attention/out", f"{hf}.self_attn.out_proj", DENSE_HEADS_IN, SAME
+    )
+    rows += norm_rows(f"{vlp}/mlp_norm", f"{hf}.layer_norm2")
+    rows += linear_rows(f"{vlp}/mlp/fc1", f"{hf}.mlp.fc1", DENSE, SAME)
+    rows += linear_rows(f"{vlp}/mlp/fc2", f"{hf}.mlp.fc2", DENSE, SAME)
     return rows
 
 
@@ -88,13 +84,13 @@ MAPPING: list[tuple[str, str, Transform]] = [
     (f"{IMG}/class_token", f"{HF_IMG}.embeddings.class_embedding", SAME),
     (f"{IMG}/patch_embed/projection/kernel", f"{HF_IMG}.embeddings.patch_embedding.weight", CONV),
     (f"{IMG}/position_embed/embedding", f"{HF_IMG}.embeddings.position_embedding.weight", SAME),
-    *_norm(f"{IMG}/pre_norm", f"{HF_IMG}.pre_layrnorm"),
+    *norm_rows(f"{IMG}/pre_norm", f"{HF_IMG}.pre_layrnorm"),
     *_layer_rows(IMG, HF_IMG),
-    *_norm(f"{IMG}/post_norm", f"{HF_IMG}.post_layernorm"),
+    *norm_rows(f"{IMG}/post_norm", f"{HF_IMG}.post_layernorm"),
     (f"{TXT}/token_embed/embedding", f"{HF_TXT}.embeddings.token_embedding.weight", SAME),
     (f"{TXT}/position_embed/embedding", f"{HF_TXT}.embeddings.position_embedding.weight", SAME),
     *_layer_rows(TXT, HF_TXT),
-    *_norm(f"{TXT}/transformer/final_norm", f"{HF_TXT}.final_layer_norm"),
+    *norm_rows(f"{TXT}/transformer/final_norm", f"{HF_TXT}.final_layer_norm"),
 ]
 
 # Non-persistent buffers that older checkpoints still carry; they hold no weights.

@@ -42,9 +42,13 @@ from vlpjax.convert.common import (
     flat_for_export,
     flatten,
     from_hf,
+    fuse,
+    linear_rows,
+    norm_rows,
     plain,
     read_hf_config,
     read_tensors,
+    split_fused,
     stack,
     to_hf,
     unflatten,
@@ -70,35 +74,28 @@ CONV1D = _conv1d(1)  # q/k/v [D, H, Dh], MLP [in, out]
 CONV1D_HEADS_IN = _conv1d(2)  # attention output [H, Dh, D]
 
 
-def _norm(vlp: str, hf: str) -> list[tuple[str, str, Transform]]:
-    return [(f"{vlp}/scale", f"{hf}.weight", SAME), (f"{vlp}/bias", f"{hf}.bias", SAME)]
-
-
-def _conv(vlp: str, hf: str, kernel: Transform, bias: Transform) -> list:
-    return [(f"{vlp}/kernel", f"{hf}.weight", kernel), (f"{vlp}/bias", f"{hf}.bias", bias)]
-
-
 DEC, HF = "decoder", "transformer"
 _LAYER, _HF_LAYER = f"{DEC}/transformer/layer_{{i}}", f"{HF}.h.{{i}}"
 QKV = (("query", "q"), ("key", "k"), ("value", "v"))  # c_attn's order
+_PARTS = tuple(part for _, part in QKV)
 
 # (vlpjax param path, HF tensor name, transform); `{i}` is a layer index on both sides.
 MAPPING: list[tuple[str, str, Transform]] = [
     (f"{DEC}/token_embed/embedding", f"{HF}.wte.weight", SAME),
     (f"{DEC}/position_embed/embedding", f"{HF}.wpe.weight", SAME),
-    *_norm(f"{_LAYER}/self_attention_norm", f"{_HF_LAYER}.ln_1"),
+    *norm_rows(f"{_LAYER}/self_attention_norm", f"{_HF_LAYER}.ln_1"),
     *[
         row
         for ours, theirs in QKV
-        for row in _conv(
+        for row in linear_rows(
             f"{_LAYER}/self_attention/{ours}", f"{_HF_LAYER}.attn.c_attn.{theirs}", CONV1D, FLAT
         )
     ],
-    *_conv(f"{_LAYER}/self_attention/out", f"{_HF_LAYER}.attn.c_proj", CONV1D_HEADS_IN, SAME),
-    *_norm(f"{_LAYER}/mlp_norm", f"{_HF_LAYER}.ln_2"),
-    *_conv(f"{_LAYER}/mlp/fc1", f"{_HF_LAYER}.mlp.c_fc", CONV1D, SAME),
-    *_conv(f"{_LAYER}/mlp/fc2", f"{_HF_LAYER}.mlp.c_proj", CONV1D, SAME),
-    *_norm(f"{DEC}/transformer/final_norm", f"{HF}.ln_f"),
+    *linear_rows(f"{_LAYER}/self_attention/out", f"{_HF_LAYER}.attn.c_proj", CONV1D_HEADS_IN, SAME),
+    *norm_rows(f"{_LAYER}/mlp_norm", f"{_HF_LAYER}.ln_2"),
+    *linear_rows(f"{_LAYER}/mlp/fc1", f"{_HF_LAYER}.mlp.c_fc", CONV1D, SAME),
+    *linear_rows(f"{_LAYER}/mlp/fc2", f"{_HF_LAYER}.mlp.c_proj", CONV1D, SAME),
+    *norm_rows(f"{DEC}/transformer/final_norm", f"{HF}.ln_f"),
 ]
 
 # The causal-mask buffers older checkpoints carry; they hold no weights.
@@ -122,36 +119,7 @@ def _split_fused(path: str, tensors: dict[str, np.ndarray]) -> dict[str, np.ndar
             raise VlpError(
                 f"{path}: {LM_HEAD} is not tied to {HF}.wte.weight (vlpjax's GPT ties them)"
             )
-    out = {}
-    for name, array in tensors.items():
-        m = _FUSED.match(name)
-        if not m:
-            out[name] = array
-            continue
-        if array.shape[-1] % 3:
-            raise VlpError(
-                f"{path}: tensor {name} has shape {list(array.shape)}, whose last axis does not "
-                "split into query, key and value"
-            )
-        for (_, part), piece in zip(QKV, np.split(array, 3, axis=-1), strict=True):
-            out[f"{m.group(1)}.{part}.{m.group(2)}"] = piece
-    return out
-
-
-def _fuse(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The table's q/k/v tensors -> GPT-2's fused c_attn ones (the inverse of the split)."""
-    out, parts = {}, {}
-    pattern = re.compile(r"^(transformer\.h\.\d+\.attn\.c_attn)\.([qkv])\.(weight|bias)$")
-    for name, array in tensors.items():
-        m = pattern.match(name)
-        if m:
-            parts.setdefault(f"{m.group(1)}.{m.group(3)}", {})[m.group(2)] = array
-        else:
-            out[name] = array
-    for name, by_part in parts.items():
-        fused = np.concatenate([by_part[p] for _, p in QKV], axis=-1)
-        out[name] = np.array(fused, np.float32, order="C")
-    return out
+    return split_fused(path, tensors, _FUSED, _PARTS, axis=-1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,4 +288,4 @@ def export_hf_gpt2(params, model_config, path: str) -> None:
     flat = flat_for_export(params)
     expected = _expected_shapes(plain(model_config))
     tensors = to_hf(flat, expected, _TABLE, "export_hf_gpt2", "param")
-    write_hf(path, hf_config, _fuse(tensors))
+    write_hf(path, hf_config, fuse(tensors, _FUSED, _PARTS, axis=-1))
