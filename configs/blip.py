@@ -9,7 +9,11 @@ self-attention (captions, LM with label smoothing 0.1).
       --config.data.tokenizer=/path/to/spm.model         # ViT-B/16 + BERT-base
 
 Hugging Face `BlipForImageTextRetrieval` / `BlipForConditionalGeneration` weights load with
-init_from=dict(format="hf_blip_retrieval" | "hf_blip_caption", path=...) (vlpjax.convert).
+init_from=dict(format="hf_blip_retrieval" | "hf_blip_caption", path=...) and the model section
+that `python -m vlpjax.convert inspect hf_blip_caption PATH` prints (not `:base`: the retrieval
+checkpoint has no decoder). Their ids are BERT WordPiece ids (+ [DEC], [ENC]); the data
+pipeline reads sentencepiece models only, so feed such weights ids from BLIP's own tokenizer
+(e.g. transformers' BlipProcessor) through the library API.
 CapFilt (caption, filter, re-pretrain): `python -m vlpjax.capfilt --help`.
 """
 
