@@ -1,5 +1,6 @@
 """Autoregressive text decoder: the generating half of encoder-decoders (SimVLM, BART, OFA) and
-the whole of decoder-only language models (GPT-2, ClipCap's language model)."""
+the whole of decoder-only language models (GPT-2, ClipCap's language model); the position
+counter of cached decoding, and the `dec/*` outputs of next-token prediction (`lm_outputs`)."""
 
 from __future__ import annotations
 
@@ -64,11 +65,7 @@ class TextDecoder(nn.Module):
             x = jnp.concatenate([prefix.astype(x.dtype), x], axis=1)
         offset = self.position_offset
         if self.decode:
-            sizing = not self.has_variable("cache", "position")
-            position = self.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
-            offset = offset + position.value
-            if not sizing:
-                position.value = position.value + x.shape[1]
+            offset = offset + decode_position(self, x.shape[1])
         x = PositionEmbed(
             self.max_length + self.position_offset, dtype=self.dtype, name="position_embed"
         )(x, offset)
@@ -126,6 +123,31 @@ SHARED_FIELDS = (
 )
 
 
+def decode_position(module: nn.Module, length: int):
+    """While decoding: the position this call's `length` tokens start at. The counter lives in
+    `cache/position`; the call that sizes the cache starts it at 0 and leaves it there, every
+    later call advances it by `length`."""
+    sizing = not module.has_variable("cache", "position")
+    position = module.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
+    start = position.value
+    if not sizing:
+        position.value = start + length
+    return start
+
+
 def decoder_for(model: nn.Module, **fields) -> TextDecoder:
     """The TextDecoder a model's own fields describe (SHARED_FIELDS), plus `fields`."""
     return TextDecoder(**{k: getattr(model, k) for k in SHARED_FIELDS}, **fields)
+
+
+def lm_outputs(logits, text, pad_id: int, eos_id: int) -> dict:
+    """The `dec/*` outputs of next-token prediction: `logits` float32[B, T-1, V] read
+    `text[:, :-1]` of rows int[B, T] ("bos tokens eos pads")."""
+    inputs, targets = text[:, :-1], text[:, 1:]
+    # When pad == eos, only the first eos after the text (its input is no pad) is a target.
+    weights = (targets != pad_id) | ((targets == eos_id) & (inputs != pad_id))
+    return {
+        "dec/logits": logits,
+        "dec/targets": targets,
+        "dec/weights": weights.astype(jnp.float32),
+    }

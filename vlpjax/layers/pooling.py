@@ -1,4 +1,5 @@
-"""Pooling a token sequence into one vector: CLS, EOT, mean, or attention (MAP / CoCa)."""
+"""Pooling a token sequence into one vector: CLS, EOT, mean, or attention (MAP / CoCa); and the
+L2 normalisation that turns a pooled, projected vector into a contrastive embedding."""
 
 from __future__ import annotations
 
@@ -33,6 +34,11 @@ def pool_tokens(x, kind: str, valid=None, token_ids=None, eos_id: int | None = N
         index = jnp.where(is_eos.any(1), jnp.argmax(is_eos, axis=1), last_valid)
         return jnp.take_along_axis(x, index[:, None, None], axis=1)[:, 0]
     raise ValueError(f"unknown pooling '{kind}'; valid: {POOLINGS}")
+
+
+def normalize(x, eps: float = 1e-12):
+    """float[..., E] -> the same, L2-normalised over the last axis (zero vectors stay finite)."""
+    return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
 
 
 class AttentionPool(nn.Module):

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from vlpjax.encoders import TextTransformer, ViT
 from vlpjax.encoders.efficientnet import EfficientNet
+from vlpjax.models.coca import CoCa
 from vlpjax.models.dual_encoder import DualEncoder
 from vlpjax.models.encoder_decoder import EncoderDecoder
 from vlpjax.models.fusion import FusionModel
@@ -116,6 +117,7 @@ MODELS = {
     "bart": (lambda cfg, dtype: build_flat(EncoderDecoder, cfg, dtype), ("source", "target")),
     "gpt": (lambda cfg, dtype: build_flat(DecoderOnlyLM, cfg, dtype), ("text",)),
     "clipcap": (build_clipcap, ("image", "text")),
+    "coca": (lambda cfg, dtype: build_with_image_tower(CoCa, cfg, dtype), ("image", "text")),
     "albef": (
         lambda cfg, dtype: build_with_image_tower(FusionModel, cfg, dtype),
         ("image", "text", "masked_text"),

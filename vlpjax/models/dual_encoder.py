@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from vlpjax.layers.initializers import dense_init, zeros_init
+from vlpjax.layers.initializers import dense
+from vlpjax.layers.pooling import normalize
 
 
 class DualEncoder(nn.Module):
@@ -40,14 +41,7 @@ class DualEncoder(nn.Module):
 
     def setup(self):
         def projection(name):
-            return nn.Dense(
-                self.embed_dim,
-                use_bias=self.projection_bias,
-                dtype=self.dtype,
-                kernel_init=nn.with_logical_partitioning(dense_init, ("embed", None)),
-                bias_init=nn.with_logical_partitioning(zeros_init, (None,)),
-                name=name,
-            )
+            return dense(self.embed_dim, self.dtype, use_bias=self.projection_bias, name=name)
 
         identity = lambda x: x  # noqa: E731
         self.image_proj = projection("image_projection") if self.image_projection else identity
@@ -93,7 +87,3 @@ class DualEncoder(nn.Module):
 
     def flops_per_example(self, text_length: int) -> float:
         return self.image_encoder.flops() + self.text_encoder.flops(text_length)
-
-
-def normalize(x, eps: float = 1e-12):
-    return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))

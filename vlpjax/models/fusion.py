@@ -16,7 +16,7 @@ tokens. One module, `FusionModel`, covers both; its fields say which layers do w
 
   img/embed, txt/embed   float32[B, 256] L2-normalised ITC features; logit_scale = 1 / temp
   itm/logits             float32[3, B, 2] for the (pos, neg_img, neg_txt) pairs of
-                         `vlpjax.objectives.matching` (hard negatives from the ITC similarities
+                         `vlpjax.layers.hard_negatives` (hard negatives from the ITC similarities
                          over the global batch), with itm/labels and itm/weights
   mlm/logits             float32[B, L, V] on `masked_text` (ALBEF, image-conditioned)
   dec/logits, ...        the captioning outputs (BLIP), as `generative.lm_outputs`
@@ -36,28 +36,17 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from vlpjax.encoders.text_decoder import lm_outputs
 from vlpjax.layers import PositionEmbed, TokenEmbed, attention_mask, cross_attention_mask
 from vlpjax.layers.flops import transformer_flops
-from vlpjax.layers.initializers import dense_init, layer_norm, zeros_init
+from vlpjax.layers.hard_negatives import itm_pairs, itm_targets, sample_hard_negatives
+from vlpjax.layers.initializers import dense, layer_norm, zeros_init
 from vlpjax.layers.mlp import activation as activation_fn
+from vlpjax.layers.pooling import normalize
 from vlpjax.layers.transformer import TransformerBlock
-from vlpjax.models.dual_encoder import normalize
-from vlpjax.models.generative import lm_outputs
-from vlpjax.objectives.matching import itm_pairs, itm_targets, sample_hard_negatives
 from vlpjax.sharding import BATCH_AXES
 
 DECODER_ATTENTION = "decoder_attention"
-
-
-def _dense(features, dtype, name, axes=("embed", None), bias=True):
-    return nn.Dense(
-        features,
-        use_bias=bias,
-        dtype=dtype,
-        kernel_init=nn.with_logical_partitioning(dense_init, axes),
-        bias_init=nn.with_logical_partitioning(zeros_init, (axes[1],)),
-        name=name,
-    )
 
 
 class TextEmbeddings(nn.Module):
@@ -165,7 +154,7 @@ class PredictionHead(nn.Module):
 
     @nn.compact
     def __call__(self, x, embeddings: TextEmbeddings):
-        x = _dense(x.shape[-1], self.dtype, "transform", ("embed", "mlp"))(x)
+        x = dense(x.shape[-1], self.dtype, ("embed", "mlp"), name="transform")(x)
         x = layer_norm(self.norm_eps, self.dtype, "norm")(activation_fn(self.activation)(x))
         bias = self.param(
             "bias", nn.with_logical_partitioning(zeros_init, ("vocab",)), (self.vocab_size,)
@@ -236,9 +225,9 @@ class FusionModel(nn.Module):
             self.dtype,
             name="text",
         )
-        self.image_projection = _dense(self.embed_dim, self.dtype, "image_projection")
-        self.text_projection = _dense(self.embed_dim, self.dtype, "text_projection")
-        self.itm_head = _dense(2, self.dtype, "itm_head")
+        self.image_projection = dense(self.embed_dim, self.dtype, name="image_projection")
+        self.text_projection = dense(self.embed_dim, self.dtype, name="text_projection")
+        self.itm_head = dense(2, self.dtype, name="itm_head")
         if self.mlm or self.decoder:
             self.lm_head = PredictionHead(
                 self.vocab_size, self.activation, self.norm_eps, self.dtype, name="lm_head"

@@ -37,26 +37,13 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from vlpjax.encoders.text_decoder import TextDecoder, decoder_for
+from vlpjax.encoders.text_decoder import TextDecoder, decoder_for, lm_outputs
 from vlpjax.layers.flops import transformer_flops
-from vlpjax.layers.initializers import dense_init, zeros_init
+from vlpjax.layers.initializers import dense
 from vlpjax.layers.transformer import TransformerStack
 
 MAPPINGS = ("mlp", "transformer")
 NO_PAD = -1  # the decoders' pad id: no token is masked as a key (rows are left-aligned)
-
-
-def lm_outputs(logits, text, pad_id: int, eos_id: int) -> dict:
-    """The `dec/*` outputs of next-token prediction: `logits` float32[B, T-1, V] read
-    `text[:, :-1]` of rows int[B, T] ("bos tokens eos pads")."""
-    inputs, targets = text[:, :-1], text[:, 1:]
-    # When pad == eos, only the first eos after the text (its input is no pad) is a target.
-    weights = (targets != pad_id) | ((targets == eos_id) & (inputs != pad_id))
-    return {
-        "dec/logits": logits,
-        "dec/targets": targets,
-        "dec/weights": weights.astype(jnp.float32),
-    }
 
 
 def lm_flops(tokens: int, width: int, mlp_dim: int, depth: int, vocab_size: int) -> float:
@@ -135,17 +122,8 @@ class MlpMapping(nn.Module):
 
     @nn.compact
     def __call__(self, embedding):
-        def dense(features, name, axes):
-            return nn.Dense(
-                features,
-                dtype=self.dtype,
-                kernel_init=nn.with_logical_partitioning(dense_init, axes),
-                bias_init=nn.with_logical_partitioning(zeros_init, axes[1:]),
-                name=name,
-            )
-
-        h = jnp.tanh(dense(self.hidden_dim, "fc1", (None, "mlp"))(embedding))
-        x = dense(self.prefix_length * self.width, "fc2", ("mlp", None))(h)
+        h = jnp.tanh(dense(self.hidden_dim, self.dtype, (None, "mlp"), name="fc1")(embedding))
+        x = dense(self.prefix_length * self.width, self.dtype, ("mlp", None), name="fc2")(h)
         return x.reshape(x.shape[0], self.prefix_length, self.width)
 
 
@@ -168,13 +146,9 @@ class TransformerMapping(nn.Module):
 
     @nn.compact
     def __call__(self, embedding):
-        x = nn.Dense(
-            self.clip_length * self.width,
-            dtype=self.dtype,
-            kernel_init=nn.with_logical_partitioning(dense_init, (None, "mlp")),
-            bias_init=nn.with_logical_partitioning(zeros_init, ("mlp",)),
-            name="projection",
-        )(embedding)
+        x = dense(self.clip_length * self.width, self.dtype, (None, "mlp"), name="projection")(
+            embedding
+        )
         x = x.reshape(x.shape[0], self.clip_length, self.width)
         constant = self.param(
             "prefix_const",
@@ -261,13 +235,8 @@ class ClipCap(nn.Module):
                 f"{self.max_length}"
             )
         if self.image_projection:
-            self.image_proj = nn.Dense(
-                self.embed_dim,
-                use_bias=self.projection_bias,
-                dtype=self.dtype,
-                kernel_init=nn.with_logical_partitioning(dense_init, ("embed", None)),
-                bias_init=nn.with_logical_partitioning(zeros_init, (None,)),
-                name="image_projection",
+            self.image_proj = dense(
+                self.embed_dim, self.dtype, use_bias=self.projection_bias, name="image_projection"
             )
         self.prefix_mapping = self._mapping_module()
         self.decoder = gpt_decoder(self, self.max_length)

@@ -10,16 +10,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vlpjax.objectives.matching import (
+from vlpjax.layers.hard_negatives import (
     HardNegatives,
     gather_rows,
     hard_negative_weights,
-    itm_loss,
     itm_pairs,
     itm_targets,
     positives_mask,
     sample_hard_negatives,
 )
+from vlpjax.objectives.matching import itm_loss
 from vlpjax.sharding import batch_sharding, make_mesh
 from vlpjax.utils.errors import VlpError
 
