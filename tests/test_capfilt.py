@@ -11,7 +11,8 @@ import tensorflow_datasets as tfds
 
 from vlpjax.capfilt import filter_scores, main, write_noisy
 from vlpjax.data.sources import jsonl_records
-from vlpjax.train.trainer import train_and_evaluate
+from vlpjax.train.checkpoint import Checkpointer
+from vlpjax.train.trainer import Setup
 from vlpjax.utils.config import load_config
 
 
@@ -59,12 +60,13 @@ def test_noisy_manifest_swaps_the_asked_fraction(noisy):
 
 def test_bootstrap_writes_a_manifest_the_trainer_reads(noisy, tmp_path):
     data, _ = noisy
-    config = load_config("configs/blip.py:smoke")
-    with config.unlocked():
-        config.total_steps = 2
-        config.evals = {}
+    # A freshly initialised BLIP's checkpoint stands in for the fine-tuned captioner and filter.
     workdir = str(tmp_path / "blip")
-    train_and_evaluate(config, workdir)
+    checkpointer = Checkpointer(workdir, async_save=False)
+    checkpointer.save(
+        0, Setup(load_config("configs/blip.py:smoke"), None, with_data=False).init_state()
+    )
+    checkpointer.close()
 
     def bootstrap(out, threshold):
         args = [
