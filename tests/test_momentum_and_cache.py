@@ -9,6 +9,7 @@ import pytest
 from helpers.smoke import random_batch, smoke_config
 
 from vlpjax.sharding import batch_sharding, make_mesh, replicated
+from vlpjax.train.checkpoint import Checkpointer
 from vlpjax.train.momentum import queue_init, queue_ordered, queue_push
 from vlpjax.train.trainer import Setup, train_and_evaluate
 from vlpjax.utils.config import load_config
@@ -99,3 +100,21 @@ def test_lit_locked_image_tower_is_bit_identical(tmp_path):
         after["text_projection"]["kernel"], start["text_projection"]["kernel"]
     )
     assert "eval/retrieval/i2t_r1" in metrics
+
+
+def test_ema_starts_from_init_from_and_steps(tmp_path):
+    """init_from with ema_decay > 0: the EMA copy starts at the loaded weights, in buffers of
+    its own (the jitted step donates params and EMA separately)."""
+    source = str(tmp_path / "source")
+    checkpointer = Checkpointer(source, async_save=False)
+    loaded_state = Setup(smoke_config(seed=7), None, with_data=False).init_state()
+    checkpointer.save(0, loaded_state)
+    checkpointer.close()
+    config = smoke_config(ema_decay=0.9, init_from={"format": "vlpjax", "path": source})
+    setup = Setup(config, None, with_data=False)
+    state = setup.init_state()
+    jax.tree.map(
+        lambda a, b: np.testing.assert_array_equal(a, b), state.ema_params, loaded_state.params
+    )
+    state, metrics = setup.jit_train_step()(state, random_batch(setup))
+    assert np.isfinite(float(metrics["loss"]))

@@ -18,14 +18,14 @@ holding the top-level groups the checkpoint has, each with exactly its tree in
 fresh initialisation:
 
   retrieval  image_encoder, text_embed, text, image_projection, text_projection, itm_head.
-             No `temperature`: HF drops BLIP's learned temperature (it returns cosine
+             No `log_temperature`: HF drops BLIP's learned temperature (it returns cosine
              similarities); it starts from `temperature_init`. The config has `decoder=False`
              (no `lm_head`, no `decoder_attention`).
   caption    image_encoder, text_embed, text, lm_head. The decoder's self-attention is vlpjax's
              `text/layer_{i}/decoder_attention(_norm)`; cross-attention and MLP go to the names
              the encoder shares, as in BLIP. HF keeps no encoder self-attention, and `text` must
              load whole, so `self_attention(_norm)` start as copies of the decoder's (captioning
-             never reads them). No image_projection, text_projection, itm_head, temperature.
+             never reads them). No image_projection, text_projection, itm_head, log_temperature.
 
 `export_hf_blip_retrieval(params, model_config, path)` and `export_hf_blip_caption(...)` are the
 inverses; each writes only what its HF model holds, so one BLIP run (with `decoder=True`)
@@ -459,7 +459,7 @@ def _load(path: str, fmt: str, scan: bool) -> tuple[dict, dict]:
 
 def load_hf_blip_retrieval(path: str, scan: bool = False) -> tuple[dict, dict]:
     """A Hugging Face BlipForImageTextRetrieval directory -> (vlpjax `config.model` dict,
-    float32 numpy params without `temperature`). `scan=True` stacks the ViT's layers."""
+    float32 numpy params without `log_temperature`). `scan=True` stacks the ViT's layers."""
     return _load(path, RETRIEVAL, scan)
 
 
@@ -486,7 +486,7 @@ def _export(params, model_config, path: str, fmt: str) -> None:
 def export_hf_blip_retrieval(params, model_config, path: str) -> None:
     """vlpjax BLIP params (boxed or not, ViT scanned or not) -> a HF BlipForImageTextRetrieval
     directory (`config.json`, `model.safetensors`) that `from_pretrained` loads with no missing
-    or unexpected keys. The decoder's own parameters, the LM head and `temperature` are not
+    or unexpected keys. The decoder's own parameters, the LM head and `log_temperature` are not
     written. HF's ITM reads `input_ids` as given: a model trained with `enc_id` wants that id
     first in the texts given to HF."""
     _export(params, model_config, path, RETRIEVAL)
@@ -494,6 +494,6 @@ def export_hf_blip_retrieval(params, model_config, path: str) -> None:
 
 def export_hf_blip_caption(params, model_config, path: str) -> None:
     """vlpjax BLIP params of a `decoder=True` model -> a HF BlipForConditionalGeneration
-    directory. The encoder's self-attention, the projections, the ITM head and `temperature`
+    directory. The encoder's self-attention, the projections, the ITM head and `log_temperature`
     are not written."""
     _export(params, model_config, path, CAPTION)

@@ -34,6 +34,7 @@ DEFAULTS = {
         r"scale$",
         r"embed/",
         r"logit_scale",
+        r"temperature",
         r"class_token",
         r"queries",
     ),

@@ -397,10 +397,13 @@ class Setup:
             state = self._init_state(self.rng)
         if self.pretrained is not None:  # placed straight onto the shards, never a jit constant
             shardings = self.state_shardings.params
-            loaded = {k: jax.device_put(v, shardings[k]) for k, v in self.pretrained.items()}
-            state = state.replace(params={**state.params, **loaded})
+
+            def place():  # fresh buffers each time: params and EMA are donated separately
+                return {k: jax.device_put(v, shardings[k]) for k, v in self.pretrained.items()}
+
+            state = state.replace(params={**state.params, **place()})
             if state.ema_params is not None:
-                state = state.replace(ema_params={**state.ema_params, **loaded})
+                state = state.replace(ema_params={**state.ema_params, **place()})
             if self.pretrained_model_state:
                 state = state.replace(
                     model_state=jax.device_put(
