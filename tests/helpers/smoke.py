@@ -8,7 +8,12 @@ from vlpjax.utils.config import load_config
 
 def smoke_config(**changes):
     """configs/clip.py:smoke with dotted-key changes, e.g. smoke_config(**{"mesh.data": 2})."""
-    config = load_config("configs/clip.py:smoke")
+    return config_with("configs/clip.py:smoke", **changes)
+
+
+def config_with(spec: str, **changes):
+    """A recipe (configs/NAME.py[:ARG]) with dotted-key changes."""
+    config = load_config(spec)
     with config.unlocked():
         for key, value in changes.items():
             node = config

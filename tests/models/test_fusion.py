@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers.smoke import random_batch
+from helpers.smoke import config_with, random_batch
 
 from vlpjax.data.device_transforms import mlm_mask
 from vlpjax.decode import DecodeConfig
@@ -24,15 +24,7 @@ from vlpjax.utils.errors import ConfigError, VlpError
 
 
 def config_of(system, **changes):
-    config = load_config(f"configs/{system}.py:smoke")
-    with config.unlocked():
-        for key, value in changes.items():
-            node = config
-            *parents, leaf = key.split(".")
-            for p in parents:
-                node = node[p]
-            node[leaf] = value
-    return config
+    return config_with(f"configs/{system}.py:smoke", **changes)
 
 
 def test_train_step_pushes_the_momentum_features_of_the_global_batch():
