@@ -85,23 +85,6 @@ def filter_scores(swapped: np.ndarray, rejected: np.ndarray) -> dict[str, float]
     }
 
 
-def _read_manifest(path: str) -> list[dict]:
-    from vlpjax.utils.errors import VlpError
-
-    if not os.path.isfile(path):
-        raise VlpError(f"capfilt: manifest not found: {path}")
-    base = os.path.dirname(os.path.abspath(path))
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                row = json.loads(line)
-                if not os.path.isabs(row["image"]):
-                    row["image"] = os.path.join(base, row["image"])
-                rows.append(row)
-    return rows
-
-
 def bootstrap(
     config,
     captioner: str,
@@ -113,7 +96,7 @@ def bootstrap(
     max_examples: int = 0,
 ) -> dict:
     """Steps 3 of the module docstring. Returns the report (also written to out)."""
-    from vlpjax.data.sources import make_records
+    from vlpjax.data.sources import make_records, manifest_rows
     from vlpjax.evaluators.common import EvalData
     from vlpjax.train.trainer import Setup, latest_params
     from vlpjax.utils.errors import VlpError
@@ -125,7 +108,7 @@ def bootstrap(
     setup = Setup(config, None, with_data=False)
     predictor = setup.predictor()
     d = setup.data
-    rows = _read_manifest(data)
+    rows = manifest_rows(data)
     records = EvalData(
         records_fn=lambda: make_records({**d, "source": "jsonl"}, data, 0, 1),
         image_size=d["image_size"],

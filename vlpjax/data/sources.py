@@ -124,16 +124,14 @@ def tfds_records(
     return Records(ds.map(convert), length)
 
 
-def jsonl_records(path: str, process_index: int, process_count: int) -> Records:
-    """A JSONL manifest: one `{"image": path, "caption": text}` per line (or `"captions": [...]`).
-
-    Relative image paths are resolved against the manifest's folder. Missing images are not
-    checked here: like corrupt ones, they are skipped and counted when decoded.
-    """
+def manifest_rows(path: str) -> list[dict]:
+    """A JSONL manifest's rows: `{"image": path, "caption": text}` (or `"captions": [...]`) per
+    line, other keys kept. `image` comes back resolved against the manifest's folder and
+    `captions` as a list of strings."""
     if not os.path.isfile(path):
         raise VlpError(f"data: manifest not found: {path}")
     base = os.path.dirname(os.path.abspath(path))
-    images, captions = [], []
+    rows = []
     with open(path, encoding="utf-8") as f:
         for line_number, line in enumerate(f, 1):
             if not line.strip():
@@ -146,14 +144,22 @@ def jsonl_records(path: str, process_index: int, process_count: int) -> Records:
                 raise VlpError(
                     f'{path}:{line_number}: expected {{"image": path, "caption": text}} ({e})'
                 ) from None
-            images.append(image if os.path.isabs(image) else os.path.join(base, image))
-            captions.append([str(t) for t in texts])
-    if not images:
+            row["image"] = image if os.path.isabs(image) else os.path.join(base, image)
+            row["captions"] = [str(t) for t in texts]
+            rows.append(row)
+    if not rows:
         raise VlpError(f"data: manifest has no rows: {path}")
+    return rows
+
+
+def jsonl_records(path: str, process_index: int, process_count: int) -> Records:
+    """A JSONL manifest (`manifest_rows`). Missing images are not checked here: like corrupt
+    ones, they are skipped and counted when decoded."""
+    rows = manifest_rows(path)
     return _from_lists(
-        images,
-        captions,
-        [f"{path}:{i}" for i in range(len(images))],
+        [row["image"] for row in rows],
+        [row["captions"] for row in rows],
+        [f"{path}:{i}" for i in range(len(rows))],
         process_index,
         process_count,
         read=tf.io.read_file,
